@@ -1,0 +1,150 @@
+//! The decision rule (accept iff ν ≤ ε) and the typed decisions it returns.
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::non_finite_f64;
+
+/// Why a proposal was rejected. Every rejection has exactly one reason.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum RejectionReason {
+    /// The innovation exceeded the threshold: ν > ε.
+    InnovationAboveThreshold {
+        /// The innovation ν.
+        innovation: f64,
+        /// The threshold ε.
+        threshold: f64,
+    },
+    /// The measurement itself was NaN or ±∞ (a numerical blow-up of the proposal).
+    NonFiniteMeasurement {
+        /// The measurement, serialized as `"NaN"`, `"inf"` or `"-inf"`.
+        #[serde(with = "non_finite_f64")]
+        measurement: f64,
+    },
+    /// The measurement was finite but the innovation computed from it was not (overflow).
+    NonFiniteInnovation {
+        /// The innovation, serialized as `"NaN"`, `"inf"` or `"-inf"`.
+        #[serde(with = "non_finite_f64")]
+        innovation: f64,
+    },
+}
+
+impl std::fmt::Display for RejectionReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::InnovationAboveThreshold {
+                innovation,
+                threshold,
+            } => write!(f, "innovation {innovation:.6} > threshold {threshold}"),
+            Self::NonFiniteMeasurement { measurement } => {
+                write!(f, "non-finite measurement {measurement}")
+            }
+            Self::NonFiniteInnovation { innovation } => {
+                write!(f, "non-finite innovation {innovation}")
+            }
+        }
+    }
+}
+
+/// The controller's verdict on one proposal. Never a bare `bool`: a rejection says why.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "kebab-case")]
+pub enum Decision {
+    /// Execute the proposal: it becomes the new accepted state.
+    Accepted,
+    /// Discard the proposal and restore the last accepted state.
+    Rejected {
+        /// Why.
+        reason: RejectionReason,
+    },
+}
+
+impl Decision {
+    /// `true` for [`Decision::Accepted`].
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, Self::Accepted)
+    }
+
+    /// The rejection reason, if rejected.
+    pub fn rejection_reason(&self) -> Option<RejectionReason> {
+        match self {
+            Self::Accepted => None,
+            Self::Rejected { reason } => Some(*reason),
+        }
+    }
+}
+
+/// A rule that turns a finite innovation into a decision. Small on purpose so that other rules
+/// (adaptive thresholds, hysteresis) can be added without touching the controller.
+///
+/// The controller handles non-finite measurements and innovations itself, before the rule: a rule
+/// only ever sees finite ν.
+pub trait DecisionRule: std::fmt::Debug + Send {
+    /// The threshold this rule compares against, for records and the safety monitor.
+    fn threshold(&self) -> f64;
+
+    /// Decides on a finite innovation.
+    fn decide(&self, innovation: f64) -> Decision;
+}
+
+/// Algorithm 1's rule: accept iff ν ≤ ε.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ThresholdRule {
+    epsilon: f64,
+}
+
+impl ThresholdRule {
+    /// A rule with threshold ε (validated by [`crate::ControllerConfig::validate`]).
+    pub fn new(epsilon: f64) -> Self {
+        Self { epsilon }
+    }
+}
+
+impl DecisionRule for ThresholdRule {
+    fn threshold(&self) -> f64 {
+        self.epsilon
+    }
+
+    fn decide(&self, innovation: f64) -> Decision {
+        if innovation <= self.epsilon {
+            Decision::Accepted
+        } else {
+            Decision::Rejected {
+                reason: RejectionReason::InnovationAboveThreshold {
+                    innovation,
+                    threshold: self.epsilon,
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold_is_inclusive() {
+        let rule = ThresholdRule::new(0.5);
+        assert!(rule.decide(0.5).is_accepted());
+        assert!(rule.decide(-3.0).is_accepted());
+        assert!(!rule.decide(0.5000001).is_accepted());
+    }
+
+    #[test]
+    fn decisions_serialize_with_their_reason() {
+        let d = Decision::Rejected {
+            reason: RejectionReason::NonFiniteMeasurement {
+                measurement: f64::NAN,
+            },
+        };
+        let json = serde_json::to_string(&d).unwrap();
+        assert!(json.contains("non-finite-measurement"), "{json}");
+        assert!(json.contains("\"NaN\""), "{json}");
+        let back: Decision = serde_json::from_str(&json).unwrap();
+        assert!(matches!(
+            back.rejection_reason(),
+            Some(RejectionReason::NonFiniteMeasurement { measurement }) if measurement.is_nan()
+        ));
+    }
+}

@@ -1,0 +1,78 @@
+//! # stab-core
+//!
+//! The backend-free heart of **stab**: a supervisory controller that makes neural-network training
+//! self-healing ("Automatic Stability and Recovery for Neural Network Training", 2026).
+//!
+//! After the optimizer proposes an update, the proposal is measured on a signal the optimizer never
+//! trained on (by default the loss on a small held-out probe set). The innovation
+//! `ν = y(θ_prop) − ŷ` against an EWMA `ŷ` of accepted measurements decides: accept iff `ν ≤ ε`,
+//! otherwise roll parameters *and* optimizer state back to the last accepted snapshot.
+//!
+//! This crate depends on no tensor library. It provides:
+//! - [`InnovationSignal`] and its implementations: [`ProbeSignal`] (the paper's),
+//!   [`SpikeSignal`] (training-loss or gradient-norm z-scores: the naive baseline), and
+//!   [`GradientAgreementSignal`];
+//! - [`DecisionRule`] with [`ThresholdRule`] (accept iff ν ≤ ε), returning a typed [`Decision`];
+//! - [`Controller`]: signal + rule + counters + escalation;
+//! - [`SnapshotStore`] with [`InMemoryStore`], and the generic [`Supervisor`] that runs one guarded
+//!   step (propose, measure, decide, commit or restore) for any state type;
+//! - [`SafetyMonitor`]: Theorem 7.3, Propositions 7.4 and 7.5 checked at run time;
+//! - [`ControllerConfig`] (serde, validated), [`StepRecord`] and [`JsonLinesWriter`].
+//!
+//! ```
+//! use stab_core::{ControllerConfig, InMemoryStore, Supervisor};
+//!
+//! // A "model": one parameter and its momentum, trained towards 3.0.
+//! #[derive(Clone)]
+//! struct State { w: f64, m: f64 }
+//! let loss = |s: &State| (s.w - 3.0).powi(2);
+//!
+//! let config = ControllerConfig::default().with_epsilon(0.5);
+//! let state = State { w: 0.0, m: 0.0 };
+//! let mut sup = Supervisor::new(&config, InMemoryStore::new(), &state, loss(&state)).unwrap();
+//! let mut state = state;
+//! for t in 0..20 {
+//!     let scale = if t == 10 { 1e6 } else { 1.0 }; // an injected gradient blow-up
+//!     let step = sup
+//!         .step(
+//!             state,
+//!             |mut s| {
+//!                 let g = 2.0 * (s.w - 3.0) * scale;
+//!                 s.m = 0.5 * s.m + g;
+//!                 s.w -= 0.1 * s.m;
+//!                 Ok::<_, std::convert::Infallible>(s)
+//!             },
+//!             |s| Ok(loss(s)),
+//!         )
+//!         .unwrap();
+//!     state = step.state;
+//! }
+//! assert_eq!(sup.counters().rejected, 1);
+//! assert!(loss(&state) < 1e-2);
+//! ```
+#![warn(missing_docs)]
+
+mod config;
+mod controller;
+mod decision;
+mod error;
+mod fingerprint;
+pub mod monitor;
+pub mod record;
+pub mod signal;
+mod snapshot;
+mod supervisor;
+
+pub use config::{ControllerConfig, SignalKind};
+pub use controller::{Controller, Counters};
+pub use decision::{Decision, DecisionRule, RejectionReason, ThresholdRule};
+pub use error::{ConfigError, ObserverError, StabError};
+pub use fingerprint::Fingerprint;
+pub use monitor::{SafetyMonitor, SafetyViolation};
+pub use record::{JsonLinesWriter, RecordCollector, StepObserver, StepRecord};
+pub use signal::{
+    EwmaReference, GradientAgreementSignal, InnovationKind, InnovationSignal, ProbeSignal,
+    SpikeSignal,
+};
+pub use snapshot::{InMemoryStore, InMemoryStoreError, SnapshotStore};
+pub use supervisor::{GuardedStep, StepOutcome, Supervisor};

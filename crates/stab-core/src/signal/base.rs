@@ -1,0 +1,47 @@
+use std::fmt::Debug;
+
+/// What an innovation means, which decides which safety guarantees apply to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InnovationKind {
+    /// ν = y − ŷ with ŷ a convex combination of accepted measurements (starting at y(θ₀)).
+    /// Theorem 7.3 and Proposition 7.5 then bound the measurement itself.
+    ReferenceDifference,
+    /// Any other scalar score (a z-score, a drop in agreement): the rule still bounds ν, but the
+    /// measurement envelope of Proposition 7.5 does not follow.
+    Score,
+}
+
+/// An admissible innovation signal (Definition 5.1).
+///
+/// The controller calls [`InnovationSignal::innovation`] with a *finite* measurement of the
+/// proposal, decides, then calls exactly one of [`InnovationSignal::accept`] or
+/// [`InnovationSignal::reject`] with that measurement. Non-finite measurements are rejected by the
+/// controller before they reach the signal, so they never enter its history.
+///
+/// The summary a signal keeps must stay bounded in size (an EWMA, a fixed window), and must not
+/// change on a rejection: a rejected proposal never happened.
+pub trait InnovationSignal: Debug + Send {
+    /// Short stable name used in step records (`"probe"`, `"loss-spike"`, …).
+    fn name(&self) -> &'static str;
+
+    /// What the innovation means; see [`InnovationKind`].
+    fn kind(&self) -> InnovationKind;
+
+    /// The current reference the next measurement is compared against (ŷ for the probe signal, the
+    /// window mean for spike signals), for records and for the safety monitor.
+    fn reference(&self) -> f64;
+
+    /// The innovation ν of a finite measurement against the accepted history. May be non-finite
+    /// for extreme inputs (e.g. overflow), which the controller treats as a rejection.
+    fn innovation(&self, measurement: f64) -> f64;
+
+    /// The proposal measured `measurement` was accepted: fold it into the history.
+    fn accept(&mut self, measurement: f64);
+
+    /// The proposal measured `measurement` was rejected. The default does nothing, which is what
+    /// every signal here wants: the history holds accepted measurements only.
+    fn reject(&mut self, measurement: f64) {
+        let _ = measurement;
+    }
+}
