@@ -16,7 +16,7 @@ const STEPS: u64 = 200;
 const BATCH: usize = 16;
 const LEARNING_RATE: f64 = 0.02;
 const MOMENTUM: f64 = 0.9;
-const FAULT_START: u64 = 50;
+const FAULT_START: u64 = 30;
 const FAULT_LEN: u64 = 10;
 const FAULT_SCALE: f64 = 300.0;
 
