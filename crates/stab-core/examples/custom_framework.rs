@@ -67,7 +67,12 @@ fn sgd_step(mut state: TrainingState, train: &[Sample]) -> TrainingState {
     let batch = &train[start..start + BATCH];
     let mut grad = [0.0; FEATURES];
     for (x, y) in batch {
-        let err = x.iter().zip(&state.weights).map(|(a, b)| a * b).sum::<f64>() - y;
+        let err = x
+            .iter()
+            .zip(&state.weights)
+            .map(|(a, b)| a * b)
+            .sum::<f64>()
+            - y;
         for (g, xi) in grad.iter_mut().zip(x) {
             *g += 2.0 * err * xi / BATCH as f64;
         }
@@ -119,7 +124,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // last accepted optimizer state, and that state was already poisoned.
     // The data position (`step`) advances even when a proposal is rejected: a
     // rejected batch is skipped, not retried. Parameters and velocity roll back.
-    let config = ControllerConfig::default().with_epsilon(0.05).with_alpha(0.1);
+    let config = ControllerConfig::default()
+        .with_epsilon(0.05)
+        .with_alpha(0.1);
     let mut supervisor = Supervisor::new(
         &config,
         InMemoryStore::new(),
@@ -139,7 +146,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let StepOutcome::Decided(record) = &guarded.outcome
             && let Some(reason) = record.decision.rejection_reason()
         {
-            println!("step {t:3}: rejected ({reason}), probe MSE stays {:.4}", record.reference);
+            println!(
+                "step {t:3}: rejected ({reason}), probe MSE stays {:.4}",
+                record.reference
+            );
             rejected_steps.push(t);
         }
         state = guarded.state;

@@ -155,7 +155,10 @@ mod tests {
             .with_max_consecutive_rejections(0)
             .validate()
             .unwrap_err();
-        assert!(err.to_string().contains("max_consecutive_rejections"), "{err}");
+        assert!(
+            err.to_string().contains("max_consecutive_rejections"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -44,7 +44,9 @@ pub enum StabError {
     #[error("invalid controller configuration: {0}")]
     Config(#[from] ConfigError),
     /// The initial measurement y(θ₀) must be finite: the reference ŷ₀ is built from it.
-    #[error("the initial measurement y(θ₀) = {value} is not finite; the reference cannot start from it")]
+    #[error(
+        "the initial measurement y(θ₀) = {value} is not finite; the reference cannot start from it"
+    )]
     NonFiniteInitialMeasurement {
         /// The measurement that was supplied.
         value: f64,

@@ -13,7 +13,9 @@ use crate::signal::InnovationKind;
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum SafetyViolation {
     /// An accepted proposal had a non-finite measurement or innovation.
-    #[error("step {step}: accepted a proposal with measurement {measurement} and innovation {innovation}")]
+    #[error(
+        "step {step}: accepted a proposal with measurement {measurement} and innovation {innovation}"
+    )]
     AcceptedNonFinite {
         /// Step index.
         step: u64,
@@ -33,7 +35,9 @@ pub enum SafetyViolation {
         threshold: f64,
     },
     /// Theorem 7.3: an accepted state must satisfy y(θₜ₊₁) ≤ ŷₜ + ε.
-    #[error("step {step} (Theorem 7.3): accepted y = {measurement} > ŷ = {reference} + ε = {epsilon}")]
+    #[error(
+        "step {step} (Theorem 7.3): accepted y = {measurement} > ŷ = {reference} + ε = {epsilon}"
+    )]
     BoundedDeviation {
         /// Step index.
         step: u64,
@@ -67,7 +71,9 @@ pub enum SafetyViolation {
         max: f64,
     },
     /// Proposition 7.4: the restored state differs from the last accepted one.
-    #[error("step {step} (Proposition 7.4): restored state fingerprint {actual:#018x} != last accepted {expected:#018x}")]
+    #[error(
+        "step {step} (Proposition 7.4): restored state fingerprint {actual:#018x} != last accepted {expected:#018x}"
+    )]
     InexactRestore {
         /// Step index.
         step: u64,
@@ -77,7 +83,9 @@ pub enum SafetyViolation {
         actual: u64,
     },
     /// Proposition 7.5: y(θₜ₊₁) ≤ max_{k≤t} y(θ_k) + ε.
-    #[error("step {step} (Proposition 7.5): y = {measurement} above running max {running_max} + ε = {epsilon}")]
+    #[error(
+        "step {step} (Proposition 7.5): y = {measurement} above running max {running_max} + ε = {epsilon}"
+    )]
     EnvelopeStep {
         /// Step index.
         step: u64,
@@ -89,7 +97,9 @@ pub enum SafetyViolation {
         epsilon: f64,
     },
     /// Proposition 7.5: max_{k≤t+1} y(θ_k) ≤ y(θ₀) + (t + 1) ε.
-    #[error("step {step} (Proposition 7.5): running max {running_max} above y(θ₀) + (t+1)ε = {bound}")]
+    #[error(
+        "step {step} (Proposition 7.5): running max {running_max} above y(θ₀) + (t+1)ε = {bound}"
+    )]
     EnvelopeGrowth {
         /// Step index.
         step: u64,
@@ -182,8 +192,9 @@ impl SafetyMonitor {
                 epsilon,
             });
         }
-        self.rounding_slack +=
-            8.0 * f64::EPSILON * (y.abs() + record.reference.abs() + self.running_max.abs() + epsilon);
+        self.rounding_slack += 8.0
+            * f64::EPSILON
+            * (y.abs() + record.reference.abs() + self.running_max.abs() + epsilon);
         if y > self.running_max + epsilon + self.rounding_slack {
             return Err(SafetyViolation::EnvelopeStep {
                 step,

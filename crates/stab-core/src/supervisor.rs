@@ -180,7 +180,7 @@ impl<S, St: SnapshotStore<S>> Supervisor<S, St> {
             }
         };
         let proposal = propose(state).map_err(closure_error("propose"))?;
-        if (step + 1) % self.probe_interval != 0 {
+        if !(step + 1).is_multiple_of(self.probe_interval) {
             return Ok(GuardedStep {
                 state: proposal,
                 outcome: StepOutcome::Unprobed { step },

@@ -62,8 +62,8 @@ fn observers_see_every_decision_as_json_lines() {
         }
     }
     let sink = Shared::default();
-    let mut sup = supervisor(&ControllerConfig::default())
-        .with_observer(JsonLinesWriter::new(sink.clone()));
+    let mut sup =
+        supervisor(&ControllerConfig::default()).with_observer(JsonLinesWriter::new(sink.clone()));
     let mut state = 0;
     for y in [1.1, f64::NAN, 7.0, 0.9] {
         state = sup
@@ -92,12 +92,26 @@ fn closure_failures_are_errors_with_the_stage_and_step() {
         .step(0, |_| Err::<i64, _>(Boom), |_| Ok(1.0))
         .unwrap_err();
     assert!(
-        matches!(err, StabError::Closure { stage: "propose", step: 0, .. }),
+        matches!(
+            err,
+            StabError::Closure {
+                stage: "propose",
+                step: 0,
+                ..
+            }
+        ),
         "{err}"
     );
     let err = sup.step(0, Ok::<_, Boom>, |_| Err(Boom)).unwrap_err();
     assert!(
-        matches!(err, StabError::Closure { stage: "measure", step: 1, .. }),
+        matches!(
+            err,
+            StabError::Closure {
+                stage: "measure",
+                step: 1,
+                ..
+            }
+        ),
         "{err}"
     );
 }
