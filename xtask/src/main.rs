@@ -1,20 +1,29 @@
-//! `cargo xtask`: project automation. `cargo xtask reproduce` runs the paper's experiments.
+//! `cargo xtask`: project automation for stab.
+//!
+//! `cargo xtask reproduce [--preset smoke|cpu|paper] [flags]` runs the paper's experiments
+//! (baseline, probe-controlled and loss-spike rollback arms with identical initialization and
+//! minibatch order) and writes per-step records, figures and `report.md`.
+
+mod cli;
+mod error;
+mod reproduce;
 
 use std::process::ExitCode;
 
+use clap::Parser;
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("reproduce") => {
-            println!(
-                "cargo xtask reproduce: the experiments (ResNet-18, character Transformer, baseline vs \
-                 controlled vs loss-based rollback) arrive with later work and do not exist yet."
-            );
-            ExitCode::SUCCESS
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        cli::Command::Reproduce(args) => {
+            reproduce::plan::Plan::from_args(&args).and_then(|plan| reproduce::run(&plan))
         }
-        _ => {
-            eprintln!("usage: cargo xtask reproduce [--preset smoke|cpu|paper] [flags]");
-            ExitCode::from(2)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
         }
     }
 }

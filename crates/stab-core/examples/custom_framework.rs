@@ -82,9 +82,9 @@ fn sgd_step(mut state: TrainingState, train: &[Sample]) -> TrainingState {
     } else {
         1.0
     };
-    for i in 0..FEATURES {
-        state.velocity[i] = MOMENTUM * state.velocity[i] + scale * grad[i];
-        state.weights[i] -= LEARNING_RATE * state.velocity[i];
+    for ((w, v), g) in state.weights.iter_mut().zip(&mut state.velocity).zip(grad) {
+        *v = MOMENTUM * *v + scale * g;
+        *w -= LEARNING_RATE * *v;
     }
     state.step += 1;
     state

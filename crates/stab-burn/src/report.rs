@@ -1,0 +1,114 @@
+//! What one guarded step did.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use stab_core::{Counters, Decision, StepRecord};
+
+/// What the guard did with a proposal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepAction {
+    /// Accepted: the proposal is the new state, and the new snapshot.
+    Committed,
+    /// Rejected: the last accepted state (parameters, optimizer, running statistics) is back.
+    RolledBack,
+    /// Not measured this step (probe interval > 1): the proposal is kept provisionally.
+    Unprobed,
+    /// The first measurement of a signal that starts from its first measured step (all but the
+    /// probe, unless an initial measurement was given): it becomes y(θ₀), the reference starts
+    /// there, and the proposal is committed undecided.
+    Calibrated,
+    /// Rejected, but kept because the guard only observes ([`crate::GuardMode::Observe`]).
+    Observed,
+}
+
+/// The report of one guarded step: the decision with its measurement, innovation and
+/// reference (stab-core's [`StepRecord`]), what was done, and the running counters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepReport {
+    /// The step index t (0-based, every proposal counts).
+    pub step: u64,
+    /// What the guard did.
+    pub action: StepAction,
+    /// The controller's record; `None` for an unprobed or calibration step.
+    pub record: Option<StepRecord>,
+    /// Decisions so far.
+    pub counters: Counters,
+    /// Where the step's time went.
+    pub timings: StepTimings,
+}
+
+/// Wall-clock time of each phase of a guarded step.
+///
+/// Measured on the host without extra device synchronization: on an asynchronous backend (wgpu,
+/// CUDA) a phase that only submits work looks cheap, and the work is paid by the next phase that
+/// reads from the device, usually `measure` (the probe reads its loss back). The sum is the
+/// step's cost either way; the Flex CPU backend runs synchronously.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepTimings {
+    /// The optimizer's update (`ModuleOptimizer::step`).
+    pub optimizer: Duration,
+    /// Taking the measurement: the probe on the proposal, or the gradient signal before the step
+    /// (including a reference gradient for agreement).
+    pub measure: Duration,
+    /// Saving the accepted state (and fingerprinting it with `verify_restores`).
+    pub snapshot: Duration,
+    /// Restoring the last accepted state (and checking its fingerprint).
+    pub restore: Duration,
+}
+
+impl StepTimings {
+    /// The guard's own share: measurement, snapshot and restore.
+    pub fn control(&self) -> Duration {
+        self.measure + self.snapshot + self.restore
+    }
+
+    /// All phases together.
+    pub fn total(&self) -> Duration {
+        self.optimizer + self.control()
+    }
+}
+
+impl StepReport {
+    /// The decision, if the step was measured.
+    pub fn decision(&self) -> Option<Decision> {
+        self.record.as_ref().map(|r| r.decision)
+    }
+
+    /// The measurement y(θ_prop), if the step was measured.
+    pub fn measurement(&self) -> Option<f64> {
+        self.record.as_ref().map(|r| r.measurement)
+    }
+
+    /// The innovation ν, if the step was measured (NaN for a non-finite measurement).
+    pub fn innovation(&self) -> Option<f64> {
+        self.record.as_ref().map(|r| r.innovation)
+    }
+
+    /// The reference ŷ before the decision, if the step was measured.
+    pub fn reference(&self) -> Option<f64> {
+        self.record.as_ref().map(|r| r.reference)
+    }
+
+    /// `true` if the controller rejected the proposal (whether or not it was rolled back).
+    pub fn is_rejection(&self) -> bool {
+        self.record
+            .as_ref()
+            .is_some_and(|r| !r.decision.is_accepted())
+    }
+
+    /// `true` if the state was rolled back.
+    pub fn rolled_back(&self) -> bool {
+        self.action == StepAction::RolledBack
+    }
+}
+
+/// The model to continue training with, and the report of the step.
+#[derive(Debug)]
+pub struct GuardedStep<M> {
+    /// The proposal if committed (or unprobed, or observed), otherwise the restored state.
+    pub model: M,
+    /// What happened.
+    pub report: StepReport,
+}

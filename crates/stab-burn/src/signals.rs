@@ -1,0 +1,137 @@
+//! Measurements for the gradient signals: global gradient norm and gradient agreement.
+//!
+//! Both reduce on the device and read one small tensor back. Non-finite gradients give a
+//! non-finite measurement, which the controller rejects with its own reason.
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+
+use crate::error::{SignalError, StoreError};
+use crate::running_state::RunningStateSnapshot;
+
+/// Global L2 norm of the gradients of `model`'s trainable parameters, ‖g‖₂ = √Σ g².
+///
+/// # Errors
+/// [`SignalError::NoGradients`] if `grads` covers no trainable parameter of `model`,
+/// [`SignalError::TensorRead`] if the result cannot be read.
+pub fn gradient_norm<M: Module>(grads: &GradientsParams, model: &M) -> Result<f64, SignalError> {
+    let mut reducer = Reducer {
+        first: grads,
+        second: None,
+        sums: Vec::new(),
+    };
+    model.visit(&mut reducer);
+    let sums = reducer.finish()?;
+    let values = read(sums, "gradient norm")?;
+    Ok(values[0].sqrt())
+}
+
+/// Cosine similarity between two gradients of the same model, ⟨a, b⟩ / (‖a‖ ‖b‖), over the
+/// trainable parameters both cover. Defined as 0 when either gradient is exactly zero (no
+/// direction, no agreement), and NaN when either contains NaN or ±∞.
+///
+/// # Errors
+/// [`SignalError::NoGradients`] if the gradients share no trainable parameter of `model`,
+/// [`SignalError::TensorRead`] if the result cannot be read.
+pub fn gradient_cosine<M: Module>(
+    a: &GradientsParams,
+    b: &GradientsParams,
+    model: &M,
+) -> Result<f64, SignalError> {
+    let mut reducer = Reducer {
+        first: a,
+        second: Some(b),
+        sums: Vec::new(),
+    };
+    model.visit(&mut reducer);
+    let sums = reducer.finish()?;
+    let values = read(sums, "gradient cosine")?;
+    let (dot, aa, bb) = (values[0], values[1], values[2]);
+    if !(dot.is_finite() && aa.is_finite() && bb.is_finite()) {
+        return Ok(f64::NAN);
+    }
+    if aa == 0.0 || bb == 0.0 {
+        return Ok(0.0);
+    }
+    Ok((dot / (aa.sqrt() * bb.sqrt())).clamp(-1.0, 1.0))
+}
+
+/// Gradients of `loss(model)` computed without leaving a trace in `model`'s running statistics.
+///
+/// For the gradient-agreement signal a second, reference minibatch goes through the model in
+/// training mode; its forward would update BatchNorm running statistics like a training step.
+/// This captures them first and writes them back afterwards, so the reference costs a forward
+/// and a backward but changes nothing.
+///
+/// # Errors
+/// A [`StoreError`] if the running statistics cannot be written back.
+pub fn reference_gradients<M: Module>(
+    model: &M,
+    loss: impl FnOnce(&M) -> Tensor<1>,
+) -> Result<GradientsParams, StoreError> {
+    let running = RunningStateSnapshot::capture(model);
+    let grads = loss(model).backward();
+    let grads = GradientsParams::from_grads(grads, model);
+    running.restore(model.clone())?;
+    Ok(grads)
+}
+
+/// Sums per parameter, stacked as `[n, k]` with k = 1 (Σa²) or 3 (Σab, Σa², Σb²).
+struct Reducer<'a> {
+    first: &'a GradientsParams,
+    second: Option<&'a GradientsParams>,
+    sums: Vec<Tensor<1>>,
+}
+
+impl Reducer<'_> {
+    fn add<const D: usize>(&mut self, id: ParamId) {
+        let Some(a) = self.first.get::<D>(id) else {
+            return;
+        };
+        let a = a.flatten::<1>(0, D - 1);
+        match self.second {
+            None => self.sums.push(a.square().sum()),
+            Some(second) => {
+                let Some(b) = second.get::<D>(id) else {
+                    return;
+                };
+                let b = b.flatten::<1>(0, D - 1);
+                let dot = (a.clone() * b.clone()).sum();
+                self.sums.push(Tensor::cat(
+                    vec![dot, a.square().sum(), b.square().sum()],
+                    0,
+                ));
+            }
+        }
+    }
+
+    /// Σ over parameters, as one small tensor.
+    fn finish(self) -> Result<Tensor<1>, SignalError> {
+        let width = if self.second.is_some() { 3 } else { 1 };
+        if self.sums.is_empty() {
+            return Err(SignalError::NoGradients);
+        }
+        let n = self.sums.len();
+        Ok(Tensor::cat(self.sums, 0)
+            .reshape([n, width])
+            .sum_dim(0)
+            .reshape([width]))
+    }
+}
+
+impl ModuleVisitor for Reducer<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.add::<D>(param.id);
+    }
+}
+
+fn read(tensor: Tensor<1>, quantity: &'static str) -> Result<Vec<f64>, SignalError> {
+    let error = |message: String| SignalError::TensorRead { quantity, message };
+    let data = tensor.try_into_data().map_err(|e| error(e.to_string()))?;
+    let data = data
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .map_err(|e| error(format!("{e:?}")))?;
+    Ok(data)
+}

@@ -1,0 +1,120 @@
+//! Command-line interface of `cargo xtask`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Project automation for stab.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The xtask commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the paper's experiments (baseline, controlled, loss-spike rollback) and write per-step
+    /// records, figures and report.md.
+    Reproduce(ReproduceArgs),
+}
+
+/// Which preset to start from; every flag below overrides a field of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PresetName {
+    /// Seconds to a couple of minutes on 2 CPU cores: tiny models, few steps, 2 seeds.
+    Smoke,
+    /// The full protocol shape on CPU: 250 steps, failure at t = 120 (ζ = 300 for 10 steps),
+    /// narrow ResNet-18 and a small Transformer, 5 seeds.
+    Cpu,
+    /// The paper's scale: ResNet-18 full width, batch 128, Transformer batch 64, 20 seeds.
+    /// Meant for a GPU backend (`--features wgpu` or `cuda`).
+    Paper,
+}
+
+/// Which models to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModelChoice {
+    /// ResNet-18 on images.
+    Resnet18,
+    /// Character Transformer on text.
+    Transformer,
+    /// Both.
+    All,
+}
+
+/// The injected failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultChoice {
+    /// The paper's: every gradient multiplied by ζ.
+    GradientScale,
+    /// The learning rate multiplied by ζ (a bad learning rate).
+    LrScale,
+    /// Every gradient element replaced by NaN (a numerical blow-up).
+    NanGradient,
+}
+
+/// Flags of `cargo xtask reproduce`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReproduceArgs {
+    /// Preset to start from.
+    #[arg(long, value_enum, default_value_t = PresetName::Cpu)]
+    pub preset: PresetName,
+    /// Number of seeds (runs per arm).
+    #[arg(long)]
+    pub seeds: Option<u64>,
+    /// Optimization steps per run.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Which model(s).
+    #[arg(long, value_enum)]
+    pub model: Option<ModelChoice>,
+    /// Burn backend (sets BURN_DEVICE): `flex` (default build), `wgpu`, `cuda`, `tch`.
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Output folder (default: target/reproduce/<preset>/).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Folder holding `cifar-10-batches-bin/`; without it vision runs use Fashion-MNIST.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Acceptance threshold ε of the probe controller.
+    #[arg(long, allow_negative_numbers = true)]
+    pub epsilon: Option<f64>,
+    /// EWMA smoothing factor α of the probe controller.
+    #[arg(long, allow_negative_numbers = true)]
+    pub alpha: Option<f64>,
+    /// z-score threshold of the loss-spike rollback arm.
+    #[arg(long, allow_negative_numbers = true)]
+    pub loss_spike_threshold: Option<f64>,
+    /// First faulty step t₀.
+    #[arg(long)]
+    pub fault_start: Option<u64>,
+    /// Number of faulty steps w.
+    #[arg(long)]
+    pub fault_len: Option<u64>,
+    /// Gradient (or learning-rate) scale ζ during the failure window.
+    #[arg(long, allow_negative_numbers = true)]
+    pub zeta: Option<f64>,
+    /// The injected failure (default: the paper's gradient scaling).
+    #[arg(long, value_enum)]
+    pub fault_kind: Option<FaultChoice>,
+    /// Probe set size |P|.
+    #[arg(long)]
+    pub probe_size: Option<usize>,
+    /// ResNet-18 width (64 = the paper's model).
+    #[arg(long)]
+    pub resnet_width: Option<usize>,
+    /// ResNet-18 minibatch size.
+    #[arg(long)]
+    pub resnet_batch: Option<usize>,
+    /// Transformer minibatch size.
+    #[arg(long)]
+    pub transformer_batch: Option<usize>,
+    /// Do not draw progress bars (logs stay).
+    #[arg(long)]
+    pub quiet: bool,
+}

@@ -1,0 +1,272 @@
+//! Summary metrics of the report, computed from the step logs of all seeds of one (model, arm).
+
+use crate::reproduce::records::{Arm, RunLog};
+
+/// Where the failure was injected.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FailureWindow {
+    /// First faulty step t₀.
+    pub start: u64,
+    /// Number of faulty steps w.
+    pub len: u64,
+}
+
+impl FailureWindow {
+    /// `true` if `step` lies in [t₀, t₀ + w).
+    pub fn contains(&self, step: u64) -> bool {
+        step >= self.start && step < self.start + self.len
+    }
+
+    /// t₀ + w.
+    pub fn end(&self) -> u64 {
+        self.start + self.len
+    }
+}
+
+/// Mean and standard deviation over seeds, of the finite values; `non_finite` counts the others.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    /// Mean of the finite values (NaN when there is none).
+    pub mean: f64,
+    /// Population standard deviation of the finite values.
+    pub std: f64,
+    /// How many values went into mean and std.
+    pub count: usize,
+    /// How many values were NaN or ±∞ (diverged runs) and were left out.
+    pub non_finite: usize,
+}
+
+impl Spread {
+    /// The spread of `values`.
+    pub fn of(values: &[f64]) -> Self {
+        let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        let count = finite.len();
+        let mean = finite.iter().sum::<f64>() / count as f64;
+        let var = finite.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / count as f64;
+        Self {
+            mean: if count == 0 { f64::NAN } else { mean },
+            std: if count == 0 { f64::NAN } else { var.sqrt() },
+            count,
+            non_finite: values.len() - count,
+        }
+    }
+
+    /// "mean ± std" with `digits` significant decimals, plus a note of diverged seeds.
+    pub fn display(&self, digits: usize) -> String {
+        let mut s = if self.count == 0 {
+            "—".to_owned()
+        } else {
+            format!("{:.*} ± {:.*}", digits, self.mean, digits, self.std)
+        };
+        if self.non_finite > 0 {
+            s.push_str(&format!(" ({} diverged)", self.non_finite));
+        }
+        s
+    }
+}
+
+/// The report row of one (model, arm).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArmSummary {
+    /// Which arm.
+    pub arm: Arm,
+    /// Seeds summarized.
+    pub seeds: usize,
+    /// Mean probe loss over the 10 steps before the failure.
+    pub pre_failure: Spread,
+    /// Largest probe loss from the failure on (NaN/∞ counted as diverged).
+    pub peak: Spread,
+    /// Steps after the end of the failure window until the probe loss is within 10 % of the
+    /// pre-failure level (0 if it never left); seeds that never return are counted separately.
+    pub recovery_steps: Spread,
+    /// Seeds whose probe loss did not return within 10 % before the run ended.
+    pub not_recovered: usize,
+    /// Probe loss at the last step.
+    pub final_probe: Spread,
+    /// Parameter ℓ2 norm at the last step.
+    pub final_norm: Spread,
+    /// Rollbacks inside the failure window, summed over seeds.
+    pub rollbacks_inside: u64,
+    /// Rollbacks outside the failure window (false positives), summed over seeds.
+    pub rollbacks_outside: u64,
+    /// Faulty steps, summed over seeds.
+    pub faulty_steps: u64,
+    /// Steps from t₀ to the first rollback at or after t₀ (0: caught on the first faulty step).
+    pub detection_latency: Spread,
+    /// Seeds with no rollback at or after t₀.
+    pub undetected: usize,
+    /// Measured overhead γ: controller time / training-step time.
+    pub overhead: Spread,
+}
+
+/// Summarizes all runs of one arm (one model).
+pub fn summarize(arm: Arm, runs: &[&RunLog], window: FailureWindow) -> ArmSummary {
+    let mut pre = Vec::new();
+    let mut peak = Vec::new();
+    let mut recovery = Vec::new();
+    let mut not_recovered = 0;
+    let mut final_probe = Vec::new();
+    let mut final_norm = Vec::new();
+    let (mut inside, mut outside, mut faulty) = (0, 0, 0);
+    let mut latency = Vec::new();
+    let mut undetected = 0;
+    let mut overhead = Vec::new();
+
+    for run in runs {
+        let steps = &run.steps;
+        let before: Vec<f64> = steps
+            .iter()
+            .filter(|s| s.step + 10 >= window.start && s.step < window.start)
+            .map(|s| s.probe_loss)
+            .collect();
+        let level = Spread::of(&before).mean;
+        pre.push(level);
+        peak.push(
+            steps
+                .iter()
+                .filter(|s| s.step >= window.start)
+                .map(|s| {
+                    if s.probe_loss.is_nan() {
+                        f64::INFINITY
+                    } else {
+                        s.probe_loss
+                    }
+                })
+                .fold(f64::NEG_INFINITY, f64::max),
+        );
+        let within = |y: f64| y.is_finite() && y <= 1.1 * level;
+        let after: Vec<_> = steps.iter().filter(|s| s.step >= window.end()).collect();
+        let left = steps
+            .iter()
+            .filter(|s| s.step >= window.start)
+            .any(|s| !within(s.probe_loss));
+        match after.iter().position(|s| within(s.probe_loss)) {
+            _ if !left => recovery.push(0.0),
+            Some(i) => recovery.push(i as f64),
+            None => not_recovered += 1,
+        }
+        if let Some(last) = steps.last() {
+            final_probe.push(last.probe_loss);
+            final_norm.push(last.param_norm);
+        }
+        for s in steps {
+            if s.fault {
+                faulty += 1;
+            }
+            if s.rejected {
+                if window.contains(s.step) {
+                    inside += 1;
+                } else {
+                    outside += 1;
+                }
+            }
+        }
+        match steps.iter().find(|s| s.rejected && s.step >= window.start) {
+            Some(s) => latency.push((s.step - window.start) as f64),
+            None => undetected += 1,
+        }
+        let control: f64 = steps.iter().map(|s| s.control_seconds).sum();
+        let train: f64 = steps.iter().map(|s| s.step_seconds).sum();
+        if train > 0.0 {
+            overhead.push(control / train);
+        }
+    }
+    ArmSummary {
+        arm,
+        seeds: runs.len(),
+        pre_failure: Spread::of(&pre),
+        peak: Spread::of(&peak),
+        recovery_steps: Spread::of(&recovery),
+        not_recovered,
+        final_probe: Spread::of(&final_probe),
+        final_norm: Spread::of(&final_norm),
+        rollbacks_inside: inside,
+        rollbacks_outside: outside,
+        faulty_steps: faulty,
+        detection_latency: Spread::of(&latency),
+        undetected,
+        overhead: Spread::of(&overhead),
+    }
+}
+
+/// Per-step mean and standard deviation of one quantity over seeds (finite values only).
+pub fn per_step_band(
+    runs: &[&RunLog],
+    value: impl Fn(&super::records::StepLog) -> Option<f64>,
+) -> Vec<(f64, Spread)> {
+    let len = runs.iter().map(|r| r.steps.len()).max().unwrap_or(0);
+    (0..len)
+        .map(|i| {
+            let values: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| r.steps.get(i))
+                .filter_map(&value)
+                .collect();
+            (i as f64, Spread::of(&values))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reproduce::records::{ModelKind, StepLog};
+
+    fn run(probe: &[f64], rejected: &[u64]) -> RunLog {
+        RunLog {
+            model: ModelKind::Resnet18,
+            arm: Arm::Controlled,
+            seed: 0,
+            data_source: "test".into(),
+            device: "test".into(),
+            batch_size: 8,
+            probe_size: 4,
+            steps: probe
+                .iter()
+                .enumerate()
+                .map(|(i, &y)| StepLog {
+                    step: i as u64,
+                    train_loss: y,
+                    probe_loss: y,
+                    measurement: None,
+                    innovation: None,
+                    reference: None,
+                    threshold: None,
+                    rejected: rejected.contains(&(i as u64)),
+                    fault: (12..14).contains(&i),
+                    param_norm: 1.0,
+                    step_seconds: 1.0,
+                    control_seconds: 0.05,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn summary_counts_rollbacks_latency_and_recovery() {
+        // 12 steps at 1.0, failure at 12..14 spikes to 5, back to 1.05 at step 16.
+        let mut probe = vec![1.0; 12];
+        probe.extend([5.0, 4.0, 3.0, 2.0, 1.05, 1.0]);
+        let r = run(&probe, &[13, 17]);
+        let s = summarize(Arm::Controlled, &[&r], FailureWindow { start: 12, len: 2 });
+        assert_eq!(s.rollbacks_inside, 1);
+        assert_eq!(s.rollbacks_outside, 1);
+        assert_eq!(s.faulty_steps, 2);
+        assert_eq!(s.peak.mean, 5.0);
+        assert_eq!(s.detection_latency.mean, 1.0);
+        assert_eq!(s.recovery_steps.mean, 2.0); // steps 14, 15 above; 16 within 10 %
+        assert!((s.overhead.mean - 0.05).abs() < 1e-12);
+    }
+
+    #[test]
+    fn diverged_runs_are_counted_not_averaged() {
+        let mut probe = vec![1.0; 12];
+        probe.extend([f64::NAN; 6]);
+        let r = run(&probe, &[]);
+        let s = summarize(Arm::Baseline, &[&r], FailureWindow { start: 12, len: 2 });
+        assert_eq!(s.peak.non_finite, 1);
+        assert_eq!(s.not_recovered, 1);
+        assert_eq!(s.undetected, 1);
+        assert!(s.peak.display(2).contains("diverged"));
+    }
+}

@@ -1,0 +1,178 @@
+//! `cargo xtask reproduce`: runs every (model, seed, arm), then writes records, figures, report.
+
+pub mod figures;
+pub mod metrics;
+pub mod plan;
+pub mod plots;
+pub mod records;
+pub mod report;
+mod runner;
+
+use std::path::Path;
+use std::time::Instant;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::error::XtaskError;
+use plan::Plan;
+use records::{Arm, RunLog};
+
+fn create_dir(path: &Path) -> Result<(), XtaskError> {
+    std::fs::create_dir_all(path).map_err(|source| XtaskError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write_file(path: &Path, contents: &str) -> Result<(), XtaskError> {
+    std::fs::write(path, contents).map_err(|source| XtaskError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Runs the plan and writes everything into `plan.out`.
+///
+/// # Errors
+/// Bad data, a failing controller, I/O or drawing errors.
+pub fn run(plan: &Plan) -> Result<(), XtaskError> {
+    let started = Instant::now();
+    if let Some(backend) = &plan.backend {
+        runner::select_backend(backend)?;
+    }
+    // Figures need a font; fail now rather than after an hour of training.
+    plots::ensure_font()?;
+    let runs_dir = plan.out.join("runs");
+    create_dir(&runs_dir)?;
+    write_file(
+        &plan.out.join("plan.json"),
+        &serde_json::to_string_pretty(plan).expect("plan serializes"),
+    )?;
+
+    let multi = MultiProgress::with_draw_target(if plan.progress {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
+    let style = ProgressStyle::with_template(
+        "{prefix:>32} [{bar:30}] {pos:>4}/{len} {elapsed_precise} {msg}",
+    )
+    .expect("valid template")
+    .progress_chars("=> ");
+
+    let mut runs: Vec<RunLog> = Vec::new();
+    for &model in &plan.models {
+        let workload = runner::Workload::load(plan, model)?;
+        println!("{}: data {}", model.label(), workload.data_source());
+        for seed in 0..plan.seeds {
+            for arm in Arm::ALL {
+                let bar = multi.add(ProgressBar::new(plan.steps));
+                bar.set_style(style.clone());
+                bar.set_prefix(format!("{} {} seed {seed}", model.name(), arm.name()));
+                let log = workload.run(plan, arm, seed, &bar)?;
+                let rejected = log.steps.iter().filter(|s| s.rejected).count();
+                bar.finish_with_message(format!("{rejected} rollbacks"));
+                multi.remove(&bar);
+                let last = log.steps.last().map(|s| s.probe_loss).unwrap_or(f64::NAN);
+                multi.suspend(|| {
+                    println!(
+                        "{:<12} {:<14} seed {seed}: final probe loss {last:.4}, {rejected} rollbacks",
+                        model.name(),
+                        arm.name()
+                        )
+                });
+                log.write_jsonl(&runs_dir.join(format!(
+                    "{}_{}_seed{seed}.jsonl",
+                    model.name(),
+                    arm.name()
+                )))?;
+                runs.push(log);
+            }
+        }
+    }
+
+    let data = runs
+        .iter()
+        .find(|r| r.model == records::ModelKind::Resnet18)
+        .map(|r| r.data_source.clone())
+        .unwrap_or_default();
+    let figures = figures::draw_all(&runs, plan.window(), plan.epsilon, &data, &plan.out)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let report = report::render(plan, &runs, &figures, &plan.out, seconds);
+    write_file(&plan.out.join("report.md"), &report)?;
+
+    verify_outputs(plan, &runs, &figures)?;
+    println!("\n{}", summary_text(plan, &runs));
+    println!(
+        "wrote {} run records, {} figures and report.md to {} in {seconds:.0} s",
+        runs.len(),
+        figures.len(),
+        plan.out.display()
+    );
+    Ok(())
+}
+
+/// The terminal summary: per model and arm, peak and final probe loss and rollbacks.
+fn summary_text(plan: &Plan, runs: &[RunLog]) -> String {
+    let mut lines = vec![format!(
+        "{:<12} {:<14} {:>22} {:>22} {:>10} {:>10}",
+        "model", "arm", "peak probe loss", "final probe loss", "rb inside", "rb outside"
+    )];
+    for &model in &plan.models {
+        for s in report::model_summaries(plan, runs, model) {
+            lines.push(format!(
+                "{:<12} {:<14} {:>22} {:>22} {:>10} {:>10}",
+                model.name(),
+                s.arm.name(),
+                s.peak.display(3),
+                s.final_probe.display(3),
+                s.rollbacks_inside,
+                s.rollbacks_outside
+            ));
+        }
+    }
+    lines.join("\n")
+}
+
+/// Checks that every promised output exists and is not empty: the per-step records of every run,
+/// every figure in both formats, the report. CI relies on this for the smoke preset.
+fn verify_outputs(
+    plan: &Plan,
+    runs: &[RunLog],
+    figures: &[std::path::PathBuf],
+) -> Result<(), XtaskError> {
+    let mut expected: Vec<std::path::PathBuf> = runs
+        .iter()
+        .map(|r| {
+            plan.out.join("runs").join(format!(
+                "{}_{}_seed{}.jsonl",
+                r.model.name(),
+                r.arm.name(),
+                r.seed
+            ))
+        })
+        .collect();
+    expected.extend(figures.iter().cloned());
+    expected.push(plan.out.join("report.md"));
+    let per_model_figures = |m: records::ModelKind| match m {
+        records::ModelKind::Resnet18 => 4,
+        records::ModelKind::Transformer => 2,
+    };
+    let wanted: usize = plan.models.iter().map(|&m| 2 * per_model_figures(m)).sum();
+    if figures.len() != wanted {
+        return Err(XtaskError::Check(format!(
+            "expected {wanted} figure files, drew {}",
+            figures.len()
+        )));
+    }
+    for path in expected {
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if len == 0 {
+            return Err(XtaskError::Check(format!(
+                "{} is missing or empty",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! What one training run records, step by step, and how it is written to disk.
+
+use std::fmt;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::XtaskError;
+
+/// The three arms of every experiment, run with identical initialization and minibatch order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arm {
+    /// No controller: every proposal is executed.
+    Baseline,
+    /// Algorithm 1 with the probe signal.
+    Controlled,
+    /// The naive comparison (§9.5): rollback on training-loss spikes.
+    LossRollback,
+}
+
+impl Arm {
+    /// All arms in report order.
+    pub const ALL: [Arm; 3] = [Arm::Baseline, Arm::Controlled, Arm::LossRollback];
+
+    /// Stable name used in file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arm::Baseline => "baseline",
+            Arm::Controlled => "controlled",
+            Arm::LossRollback => "loss-rollback",
+        }
+    }
+
+    /// Human label for figures and tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Arm::Baseline => "baseline (no controller)",
+            Arm::Controlled => "controlled (probe)",
+            Arm::LossRollback => "loss-spike rollback",
+        }
+    }
+}
+
+impl fmt::Display for Arm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The two models of the paper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    /// ResNet-18 (CIFAR variant) on images.
+    Resnet18,
+    /// Character-level Transformer encoder on text.
+    Transformer,
+}
+
+impl ModelKind {
+    /// Stable name used in file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Resnet18 => "resnet18",
+            ModelKind::Transformer => "transformer",
+        }
+    }
+
+    /// Human label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ModelKind::Resnet18 => "ResNet-18",
+            ModelKind::Transformer => "Character Transformer",
+        }
+    }
+}
+
+/// One optimization step of one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepLog {
+    /// Step index t.
+    pub step: u64,
+    /// Training loss of this step's minibatch at θ_t (before the update).
+    pub train_loss: f64,
+    /// Probe loss of the state carried forward, y(θ_{t+1}) (after a rejection: the restored one).
+    /// `null` in JSON when not finite (see `probe_loss_finite`).
+    pub probe_loss: f64,
+    /// The controller's measurement of the proposal (arms with a controller).
+    pub measurement: Option<f64>,
+    /// Innovation ν_t (arms with a controller).
+    pub innovation: Option<f64>,
+    /// Reference ŷ_t before the decision (arms with a controller).
+    pub reference: Option<f64>,
+    /// Threshold ε (arms with a controller).
+    pub threshold: Option<f64>,
+    /// Whether the proposal was rolled back.
+    pub rejected: bool,
+    /// Whether a fault was injected at this step.
+    pub fault: bool,
+    /// ℓ2 norm of all parameters of the state carried forward.
+    pub param_norm: f64,
+    /// Wall time of forward, backward and optimizer step (no probe), seconds.
+    pub step_seconds: f64,
+    /// Wall time of the controller's work this step (probe evaluation, snapshot or restore), seconds.
+    pub control_seconds: f64,
+}
+
+/// A whole run: one model, one arm, one seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunLog {
+    /// Which model.
+    pub model: ModelKind,
+    /// Which arm.
+    pub arm: Arm,
+    /// Seed of initialization and minibatch order.
+    pub seed: u64,
+    /// Where the data came from (e.g. "Fashion-MNIST (/usr/share/datasets/fashion-mnist)").
+    pub data_source: String,
+    /// Burn device the run used.
+    pub device: String,
+    /// Minibatch size |B|.
+    pub batch_size: usize,
+    /// Probe size |P|.
+    pub probe_size: usize,
+    /// Every step.
+    pub steps: Vec<StepLog>,
+}
+
+impl RunLog {
+    /// Writes the steps as JSON lines (one object per step, with the run's identity first).
+    ///
+    /// # Errors
+    /// [`XtaskError::Io`] naming the file.
+    pub fn write_jsonl(&self, path: &Path) -> Result<(), XtaskError> {
+        let io = |source| XtaskError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::create(path).map_err(io)?;
+        let mut out = BufWriter::new(file);
+        for step in &self.steps {
+            let line = serde_json::json!({
+                "model": self.model,
+                "arm": self.arm,
+                "seed": self.seed,
+                "data_source": self.data_source,
+                "step": step,
+            });
+            serde_json::to_writer(&mut out, &line).map_err(|e| io(e.into()))?;
+            out.write_all(b"\n").map_err(io)?;
+        }
+        out.flush().map_err(io)
+    }
+}
