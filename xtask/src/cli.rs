@@ -75,7 +75,7 @@ pub struct ReproduceArgs {
     /// Burn backend (sets BURN_DEVICE): `flex` (default build), `wgpu`, `cuda`, `tch`.
     #[arg(long)]
     pub backend: Option<String>,
-    /// Output folder (default: target/reproduce/<preset>/).
+    /// Output folder (default: `target/reproduce/<preset>/`).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Folder holding `cifar-10-batches-bin/`; without it vision runs use Fashion-MNIST.
