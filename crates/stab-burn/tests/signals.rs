@@ -132,7 +132,7 @@ fn gradient_norm_spike_signal_rejects_a_zeta_300_gradient() {
     let mut guard = Guard::builder(
         GuardConfig::default()
             .with_signal(SignalKind::GradientNormSpike)
-            .with_epsilon(6.0),
+            .with_epsilon(10.0),
     )
     .build(&model, adamw())
     .unwrap();

@@ -2,13 +2,17 @@ use std::collections::VecDeque;
 
 use super::{InnovationKind, InnovationSignal};
 
+/// Accepted measurements needed before a z-score is taken (fewer when the window is shorter).
+const MIN_HISTORY: usize = 5;
+
 /// A spike detector: ν is the z-score of the measurement against the last `window` accepted
 /// measurements, ν = (y − mean) / max(std, floor).
 ///
 /// Used on the training loss it is the paper's naive loss-based baseline (§9.5); on the gradient
-/// norm it is a gradient-norm spike signal. Until two measurements have been accepted there is no
-/// spread to score against and ν = 0 (accept). The floor (1e-3 · |mean|, at least 1e-12) keeps
-/// a perfectly flat history from turning rounding noise into infinite scores.
+/// norm it is a gradient-norm spike signal. A z-score over a handful of values is noise (two
+/// nearly equal losses make any third one an "outlier"), so until `min(window, 5)` measurements
+/// have been accepted the signal is warming up and ν = 0 (accept). The floor (1e-3 · |mean|, at
+/// least 1e-12) keeps a perfectly flat history from turning rounding noise into infinite scores.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpikeSignal {
     name: &'static str,
@@ -72,7 +76,7 @@ impl InnovationSignal for SpikeSignal {
     }
 
     fn innovation(&self, measurement: f64) -> f64 {
-        if self.history.len() < 2 {
+        if self.history.len() < self.window.min(MIN_HISTORY) {
             return 0.0;
         }
         let (mean, std) = self.mean_and_std();
@@ -101,6 +105,21 @@ mod tests {
         }
         assert!(signal.innovation(5.0) > 10.0);
         assert!(signal.innovation(1.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn long_windows_wait_for_five_accepted_values() {
+        let mut signal = SpikeSignal::loss_spike(20, 1.0);
+        for y in [1.01, 0.99, 1.0] {
+            signal.accept(y);
+        }
+        assert_eq!(
+            signal.innovation(50.0),
+            0.0,
+            "four values: still warming up"
+        );
+        signal.accept(1.02);
+        assert!(signal.innovation(50.0) > 100.0);
     }
 
     #[test]
