@@ -153,27 +153,53 @@ impl Plan {
         Ok(plan)
     }
 
+    /// The `cpu` preset is the full protocol shape; `smoke` shrinks it, `paper` scales it up.
     fn preset(name: PresetName) -> Self {
         let out = |n: &str| PathBuf::from("target").join("reproduce").join(n);
+        let cpu = Self {
+            preset: "cpu".into(),
+            steps: 250,
+            seeds: 5,
+            models: vec![ModelKind::Resnet18, ModelKind::Transformer],
+            fault_start: 120,
+            fault_len: 10,
+            zeta: 300.0,
+            fault_kind: FaultChoice::GradientScale,
+            epsilon: 0.5,
+            alpha: 0.1,
+            loss_spike_threshold: 3.0,
+            loss_spike_window: 20,
+            probe_size: 16,
+            resnet: ResnetPlan {
+                width: 8,
+                batch: 32,
+                lr: 1e-3,
+            },
+            transformer: TransformerPlan {
+                d_model: 64,
+                heads: 4,
+                layers: 2,
+                seq_len: 64,
+                batch: 64,
+                lr: 5e-4,
+            },
+            backend: None,
+            out: out("cpu"),
+            data_dir: None,
+            progress: true,
+        };
         match name {
+            PresetName::Cpu => cpu,
             PresetName::Smoke => Self {
                 preset: "smoke".into(),
                 steps: 40,
                 seeds: 2,
-                models: vec![ModelKind::Resnet18, ModelKind::Transformer],
                 fault_start: 20,
                 fault_len: 5,
-                zeta: 300.0,
-                fault_kind: FaultChoice::GradientScale,
-                epsilon: 0.5,
-                alpha: 0.1,
-                loss_spike_threshold: 3.0,
-                loss_spike_window: 20,
-                probe_size: 16,
                 resnet: ResnetPlan {
                     width: 4,
                     batch: 16,
-                    lr: 1e-3,
+                    ..cpu.resnet
                 },
                 transformer: TransformerPlan {
                     d_model: 32,
@@ -181,59 +207,14 @@ impl Plan {
                     layers: 1,
                     seq_len: 32,
                     batch: 16,
-                    lr: 5e-4,
+                    ..cpu.transformer
                 },
-                backend: None,
                 out: out("smoke"),
-                data_dir: None,
-                progress: true,
-            },
-            PresetName::Cpu => Self {
-                preset: "cpu".into(),
-                steps: 250,
-                seeds: 5,
-                models: vec![ModelKind::Resnet18, ModelKind::Transformer],
-                fault_start: 120,
-                fault_len: 10,
-                zeta: 300.0,
-                fault_kind: FaultChoice::GradientScale,
-                epsilon: 0.5,
-                alpha: 0.1,
-                loss_spike_threshold: 3.0,
-                loss_spike_window: 20,
-                probe_size: 16,
-                resnet: ResnetPlan {
-                    width: 8,
-                    batch: 32,
-                    lr: 1e-3,
-                },
-                transformer: TransformerPlan {
-                    d_model: 64,
-                    heads: 4,
-                    layers: 2,
-                    seq_len: 64,
-                    batch: 64,
-                    lr: 5e-4,
-                },
-                backend: None,
-                out: out("cpu"),
-                data_dir: None,
-                progress: true,
+                ..cpu
             },
             PresetName::Paper => Self {
                 preset: "paper".into(),
-                steps: 250,
                 seeds: 20,
-                models: vec![ModelKind::Resnet18, ModelKind::Transformer],
-                fault_start: 120,
-                fault_len: 10,
-                zeta: 300.0,
-                fault_kind: FaultChoice::GradientScale,
-                epsilon: 0.5,
-                alpha: 0.1,
-                loss_spike_threshold: 3.0,
-                loss_spike_window: 20,
-                probe_size: 16,
                 resnet: ResnetPlan {
                     width: 64,
                     batch: 128,
@@ -241,16 +222,10 @@ impl Plan {
                 },
                 transformer: TransformerPlan {
                     d_model: 128,
-                    heads: 4,
-                    layers: 2,
-                    seq_len: 64,
-                    batch: 64,
-                    lr: 5e-4,
+                    ..cpu.transformer
                 },
-                backend: None,
                 out: out("paper"),
-                data_dir: None,
-                progress: true,
+                ..cpu
             },
         }
     }
