@@ -15,6 +15,14 @@ pub enum StoreError {
         /// Which store (`"device"`, `"host"`).
         store: &'static str,
     },
+    /// A ring slot the step protocol named holds no snapshot (a driver or store bug).
+    #[error("the {store} store holds no snapshot in {slot}")]
+    EmptySlot {
+        /// Which store.
+        store: &'static str,
+        /// The slot.
+        slot: stab_core::SlotId,
+    },
     /// A tensor of the state could not be read back from the device.
     #[error("the {store} store could not read tensor `{path}` ({id}) from the device: {message}")]
     TensorRead {

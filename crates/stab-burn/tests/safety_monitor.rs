@@ -9,7 +9,7 @@ use stab_burn::{
     DeviceStore, Fault, FaultKind, FaultSchedule, Guard, GuardConfig, GuardError, StateStore,
     StoreError, StoreKind, StoreMemory,
 };
-use stab_core::SafetyViolation;
+use stab_core::{SafetyViolation, SlotId};
 
 fn faults() -> FaultSchedule {
     FaultSchedule::new(11)
@@ -87,6 +87,20 @@ impl StateStore<Net> for Forgetful {
         rejected_optim: ModuleOptimizer,
     ) -> Result<(Net, ModuleOptimizer), StoreError> {
         Ok((rejected_model, rejected_optim))
+    }
+    fn copy(&mut self, from: SlotId, to: SlotId) -> Result<(), StoreError> {
+        self.0.copy(from, to)
+    }
+    fn rewind(
+        &mut self,
+        _slot: SlotId,
+        rejected_model: Net,
+        rejected_optim: ModuleOptimizer,
+    ) -> Result<(Net, ModuleOptimizer), StoreError> {
+        Ok((rejected_model, rejected_optim))
+    }
+    fn release(&mut self, slot: SlotId) -> Result<(), StoreError> {
+        self.0.release(slot)
     }
     fn memory(&self) -> StoreMemory {
         StateStore::memory(&self.0)

@@ -117,11 +117,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // Supervised run. ε is on the scale of this problem's probe MSE (nominal steps move it by
-    // < 0.01 late in training). A caution this example taught us: the fault must be caught on its
-    // first step. If a scaled step is small enough to be accepted (late in training, when the
-    // gradient is tiny), the accepted *velocity* carries the 300x gradient, every later proposal
-    // is rejected, and the controller escalates (`StepRecord::escalated`): rollback restores the
-    // last accepted optimizer state, and that state was already poisoned.
+    // < 0.01 late in training). If a scaled step is small enough to be accepted (late in
+    // training, when the gradient is tiny), the accepted *velocity* carries the 300x gradient and
+    // every later proposal is rejected: a plain rollback would restore that poisoned velocity
+    // forever. The escalation ladder then rewinds to an older snapshot (or, with the reset given
+    // below, clears the velocity), so the run never freezes.
     // The data position (`step`) advances even when a proposal is rejected: a
     // rejected batch is skipped, not retried. Parameters and velocity roll back.
     let config = ControllerConfig::default()
@@ -133,7 +133,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &initial,
         mse(&initial.weights, &probe),
     )?
-    .with_fingerprint(&initial, fingerprint);
+    .with_fingerprint(&initial, fingerprint)
+    .with_optimizer_reset(|mut s: TrainingState| {
+        s.velocity = [0.0; FEATURES];
+        s
+    });
     let mut state = initial;
     let mut peak = mse(&state.weights, &probe);
     let mut rejected_steps = Vec::new();

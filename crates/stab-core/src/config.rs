@@ -4,6 +4,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 
+mod recovery;
+
+pub use recovery::{
+    DriftConfig, GateConfig, LadderConfig, MAX_LADDER_COUNT, MAX_RING_AGE, MAX_RING_LEVELS,
+    MAX_RUNGS, MAX_WINDOW, RingConfig, Rung,
+};
+
 /// Which admissible innovation signal drives the controller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -36,10 +43,16 @@ pub struct ControllerConfig {
     /// Measure every `probe_interval` steps (1 = every step, the paper). Snapshots follow the same
     /// cadence, so a rejection rolls back to the last probed-and-accepted state.
     pub probe_interval: u64,
-    /// Length of the accepted-history window used by the spike signals.
+    /// Length of the accepted-history window used by the spike signals (2 ..= [`MAX_WINDOW`]).
     pub spike_window: usize,
-    /// Raise an escalation once more than this many proposals in a row were rejected.
-    pub max_consecutive_rejections: u64,
+    /// Drift detection over accepted innovations (damage in small steps).
+    pub drift: DriftConfig,
+    /// The pre-step gradient-norm gate.
+    pub gate: GateConfig,
+    /// Snapshots kept at spaced ages, the targets of a rewind.
+    pub ring: RingConfig,
+    /// What to do when proposals keep being rejected.
+    pub ladder: LadderConfig,
 }
 
 impl Default for ControllerConfig {
@@ -50,12 +63,38 @@ impl Default for ControllerConfig {
             signal: SignalKind::Probe,
             probe_interval: 1,
             spike_window: 20,
-            max_consecutive_rejections: 25,
+            drift: DriftConfig::default(),
+            gate: GateConfig::default(),
+            ring: RingConfig::default(),
+            ladder: LadderConfig::default(),
         }
     }
 }
 
 impl ControllerConfig {
+    /// Algorithm 1 exactly as the paper states it: the probe signal and `ν ≤ ε`, no drift
+    /// detector, no gradient gate, no snapshot ring, no escalation ladder. A rejection always
+    /// restores the last accepted state, which can freeze a run whose accepted optimizer state
+    /// was damaged; use it to compare with the paper, not to protect a run.
+    pub fn algorithm_1() -> Self {
+        Self {
+            drift: DriftConfig {
+                enabled: false,
+                ..DriftConfig::default()
+            },
+            gate: GateConfig {
+                enabled: false,
+                ..GateConfig::default()
+            },
+            ring: RingConfig { ages: Vec::new() },
+            ladder: LadderConfig {
+                enabled: false,
+                ..LadderConfig::default()
+            },
+            ..Self::default()
+        }
+    }
+
     /// Sets ε.
     pub fn with_epsilon(mut self, epsilon: f64) -> Self {
         self.epsilon = epsilon;
@@ -81,9 +120,34 @@ impl ControllerConfig {
         self.spike_window = spike_window;
         self
     }
-    /// Sets the escalation limit.
-    pub fn with_max_consecutive_rejections(mut self, limit: u64) -> Self {
-        self.max_consecutive_rejections = limit;
+    /// Sets the drift detector's configuration.
+    pub fn with_drift(mut self, drift: DriftConfig) -> Self {
+        self.drift = drift;
+        self
+    }
+    /// Turns the drift detector on or off.
+    pub fn with_drift_detection(mut self, enabled: bool) -> Self {
+        self.drift.enabled = enabled;
+        self
+    }
+    /// Sets the gradient gate's configuration.
+    pub fn with_gate(mut self, gate: GateConfig) -> Self {
+        self.gate = gate;
+        self
+    }
+    /// Turns the gradient gate on or off.
+    pub fn with_gradient_gate(mut self, enabled: bool) -> Self {
+        self.gate.enabled = enabled;
+        self
+    }
+    /// Sets the snapshot ring.
+    pub fn with_ring(mut self, ring: RingConfig) -> Self {
+        self.ring = ring;
+        self
+    }
+    /// Sets the escalation ladder.
+    pub fn with_ladder(mut self, ladder: LadderConfig) -> Self {
+        self.ladder = ladder;
         self
     }
 
@@ -91,7 +155,9 @@ impl ControllerConfig {
     ///
     /// # Errors
     /// A [`ConfigError`] naming the first bad field and its value: ε must be finite and > 0,
-    /// α in (0, 1), the probe interval and the escalation limit ≥ 1, the spike window ≥ 2.
+    /// α in (0, 1), the probe interval ≥ 1, the spike window in 2 ..= [`MAX_WINDOW`], and the
+    /// recovery settings each within their bounds (no value a configuration file can hold makes
+    /// the controller panic or allocate without limit).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
             return Err(ConfigError::Epsilon {
@@ -115,14 +181,17 @@ impl ControllerConfig {
                 minimum: 2,
             });
         }
-        if self.max_consecutive_rejections < 1 {
-            return Err(ConfigError::TooSmall {
-                field: "max_consecutive_rejections",
-                value: self.max_consecutive_rejections,
-                minimum: 1,
+        if self.spike_window > MAX_WINDOW {
+            return Err(ConfigError::TooLarge {
+                field: "spike_window",
+                value: self.spike_window as u64,
+                maximum: MAX_WINDOW as u64,
             });
         }
-        Ok(())
+        self.drift.validate()?;
+        self.gate.validate()?;
+        self.ring.validate()?;
+        self.ladder.validate()
     }
 }
 
@@ -152,13 +221,26 @@ mod tests {
         let err = base.clone().with_spike_window(1).validate().unwrap_err();
         assert!(err.to_string().contains("spike_window = 1"), "{err}");
         let err = base
-            .with_max_consecutive_rejections(0)
+            .clone()
+            .with_spike_window(usize::MAX)
             .validate()
             .unwrap_err();
-        assert!(
-            err.to_string().contains("max_consecutive_rejections"),
-            "{err}"
-        );
+        assert!(matches!(err, ConfigError::TooLarge { field: "spike_window", .. }), "{err}");
+        let ring = RingConfig { ages: vec![8, 8] };
+        let err = base.clone().with_ring(ring).validate().unwrap_err();
+        assert!(err.to_string().contains("ring.ages = 8"), "{err}");
+        let ring = RingConfig { ages: vec![u64::MAX] };
+        let err = base.clone().with_ring(ring).validate().unwrap_err();
+        assert!(matches!(err, ConfigError::TooLarge { .. }), "{err}");
+        let drift = DriftConfig { window: usize::MAX, ..DriftConfig::default() };
+        let err = base.clone().with_drift(drift).validate().unwrap_err();
+        assert!(err.to_string().contains("drift.window"), "{err}");
+        let gate = GateConfig { z: f64::NAN, ..GateConfig::default() };
+        let err = base.clone().with_gate(gate).validate().unwrap_err();
+        assert!(err.to_string().contains("gate.z"), "{err}");
+        let ladder = LadderConfig { rejections_per_rung: 0, ..LadderConfig::default() };
+        let err = base.with_ladder(ladder).validate().unwrap_err();
+        assert!(err.to_string().contains("ladder.rejections_per_rung = 0"), "{err}");
     }
 
     #[test]

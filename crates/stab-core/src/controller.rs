@@ -5,37 +5,46 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ControllerConfig, SignalKind};
 use crate::decision::{Decision, DecisionRule, RejectionReason, ThresholdRule};
 use crate::error::StabError;
-use crate::record::StepRecord;
+use crate::record::{Action, StepRecord};
 use crate::signal::{GradientAgreementSignal, InnovationSignal, ProbeSignal, SpikeSignal};
 
-/// Running totals of the controller's decisions.
+/// Running totals of the controller's decisions and of the recovery actions taken.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Counters {
-    /// Proposals decided so far.
+    /// Proposals decided so far (gate rejections included).
     pub steps: u64,
     /// Proposals accepted.
     pub accepted: u64,
-    /// Proposals rejected.
+    /// Proposals rejected, for any reason.
     pub rejected: u64,
     /// Proposals rejected in a row, up to now.
     pub consecutive_rejections: u64,
     /// Longest run of consecutive rejections seen.
     pub longest_rejection_run: u64,
-    /// Decisions at which the escalation limit was exceeded.
+    /// Gradients rejected by the pre-step gate (also counted in `rejected`).
+    pub gate_rejections: u64,
+    /// Proposals rejected by the drift detector (also counted in `rejected`).
+    pub drift_alarms: u64,
+    /// Rungs of the escalation ladder fired (drift rewinds included).
     pub escalations: u64,
+    /// Rewinds to an older snapshot.
+    pub rewinds: u64,
+    /// Resets of the optimizer's state.
+    pub optimizer_resets: u64,
 }
 
 /// The supervisory controller of Algorithm 1, without any state of the model: it decides, the
-/// caller (or [`crate::Supervisor`]) commits or restores.
+/// caller (usually the [`crate::StepProtocol`]) commits or restores.
 ///
 /// Call [`Controller::decide`] once per proposal with its measurement. Non-finite measurements and
 /// innovations are rejected with their own reason before the rule is asked, and never reach the
-/// signal's history.
+/// signal's history. The step protocol splits the call in two ([`Controller::evaluate`], then
+/// [`Controller::apply`]) so that its detectors can add reasons to reject in between.
 #[derive(Debug)]
 pub struct Controller {
     signal: Box<dyn InnovationSignal>,
     rule: Box<dyn DecisionRule>,
-    max_consecutive_rejections: u64,
     counters: Counters,
 }
 
@@ -71,76 +80,57 @@ impl Controller {
                 config.alpha,
             )),
         };
-        Ok(Self::new(
-            signal,
-            Box::new(ThresholdRule::new(config.epsilon)),
-            config.max_consecutive_rejections,
-        ))
+        Ok(Self::new(signal, Box::new(ThresholdRule::new(config.epsilon))))
     }
 
     /// Builds a controller from any signal and rule (for custom signals or rules).
-    /// `max_consecutive_rejections` is the escalation limit (values below 1 act as 1).
-    pub fn new(
-        signal: Box<dyn InnovationSignal>,
-        rule: Box<dyn DecisionRule>,
-        max_consecutive_rejections: u64,
-    ) -> Self {
+    pub fn new(signal: Box<dyn InnovationSignal>, rule: Box<dyn DecisionRule>) -> Self {
         Self {
             signal,
             rule,
-            max_consecutive_rejections: max_consecutive_rejections.max(1),
             counters: Counters::default(),
         }
     }
 
-    /// Decides on one proposal measured `measurement`, updates the signal's history (accepted
-    /// proposals only) and the counters, and returns the full record of the decision.
-    pub fn decide(&mut self, measurement: f64) -> StepRecord {
-        let reference = self.signal.reference();
-        let threshold = self.rule.threshold();
-        let (innovation, decision) = if !measurement.is_finite() {
-            (
+    /// The innovation of `measurement` and the rule's decision on it, changing nothing.
+    pub fn evaluate(&self, measurement: f64) -> (f64, Decision) {
+        if !measurement.is_finite() {
+            return (
                 f64::NAN,
                 Decision::Rejected {
                     reason: RejectionReason::NonFiniteMeasurement { measurement },
                 },
-            )
+            );
+        }
+        let innovation = self.signal.innovation(measurement);
+        if innovation.is_finite() {
+            (innovation, self.rule.decide(innovation))
         } else {
-            let innovation = self.signal.innovation(measurement);
-            if innovation.is_finite() {
-                (innovation, self.rule.decide(innovation))
-            } else {
-                (
-                    innovation,
-                    Decision::Rejected {
-                        reason: RejectionReason::NonFiniteInnovation { innovation },
-                    },
-                )
-            }
-        };
+            (
+                innovation,
+                Decision::Rejected {
+                    reason: RejectionReason::NonFiniteInnovation { innovation },
+                },
+            )
+        }
+    }
 
+    /// Applies a decision on a proposal measured `measurement` (from [`Controller::evaluate`],
+    /// possibly turned into a rejection by a detector): updates the signal's history (accepted
+    /// proposals only) and the counters, and returns the record of the decision.
+    pub fn apply(&mut self, measurement: f64, innovation: f64, decision: Decision) -> StepRecord {
+        let reference = self.signal.reference();
+        let threshold = self.rule.threshold();
         let step = self.counters.steps;
-        self.counters.steps += 1;
+        self.count(&decision);
         if decision.is_accepted() {
             self.signal.accept(measurement);
-            self.counters.accepted += 1;
-            self.counters.consecutive_rejections = 0;
-        } else {
-            if measurement.is_finite() {
-                self.signal.reject(measurement);
-            }
-            self.counters.rejected += 1;
-            self.counters.consecutive_rejections += 1;
-            self.counters.longest_rejection_run = self
-                .counters
-                .longest_rejection_run
-                .max(self.counters.consecutive_rejections);
+        } else if measurement.is_finite() {
+            self.signal.reject(measurement);
         }
-        let escalated = self.counters.consecutive_rejections > self.max_consecutive_rejections;
-        if escalated {
-            self.counters.escalations += 1;
+        if let Some(RejectionReason::DriftAlarm { .. }) = decision.rejection_reason() {
+            self.counters.drift_alarms += 1;
         }
-
         StepRecord {
             step,
             signal: self.signal.name().to_owned(),
@@ -152,8 +142,60 @@ impl Controller {
             threshold,
             decision,
             consecutive_rejections: self.counters.consecutive_rejections,
-            escalated,
+            action: Action::Commit,
+            rung: None,
         }
+    }
+
+    /// Decides on one proposal measured `measurement`, updates the signal's history (accepted
+    /// proposals only) and the counters, and returns the full record of the decision.
+    pub fn decide(&mut self, measurement: f64) -> StepRecord {
+        let (innovation, decision) = self.evaluate(measurement);
+        self.apply(measurement, innovation, decision)
+    }
+
+    /// Records a gradient the pre-step gate rejected: no proposal exists, so no measurement
+    /// (NaN) and no innovation (NaN); the reason says why.
+    pub fn reject_gradient(&mut self, reason: RejectionReason) -> StepRecord {
+        let decision = Decision::Rejected { reason };
+        let reference = self.signal.reference();
+        let step = self.counters.steps;
+        self.count(&decision);
+        self.counters.gate_rejections += 1;
+        StepRecord {
+            step,
+            signal: self.signal.name().to_owned(),
+            innovation_kind: self.signal.kind(),
+            measurement: f64::NAN,
+            reference,
+            reference_after: reference,
+            innovation: f64::NAN,
+            threshold: self.rule.threshold(),
+            decision,
+            consecutive_rejections: self.counters.consecutive_rejections,
+            action: Action::Skip,
+            rung: None,
+        }
+    }
+
+    fn count(&mut self, decision: &Decision) {
+        self.counters.steps += 1;
+        if decision.is_accepted() {
+            self.counters.accepted += 1;
+            self.counters.consecutive_rejections = 0;
+        } else {
+            self.counters.rejected += 1;
+            self.counters.consecutive_rejections += 1;
+            self.counters.longest_rejection_run = self
+                .counters
+                .longest_rejection_run
+                .max(self.counters.consecutive_rejections);
+        }
+    }
+
+    /// Mutable counters, for the step protocol's recovery actions.
+    pub(crate) fn counters_mut(&mut self) -> &mut Counters {
+        &mut self.counters
     }
 
     /// The counters so far.
@@ -174,6 +216,17 @@ impl Controller {
     /// The signal driving this controller.
     pub fn signal(&self) -> &dyn InnovationSignal {
         self.signal.as_ref()
+    }
+
+    /// A copy of the signal with its history (kept with each snapshot).
+    pub fn signal_state(&self) -> Box<dyn InnovationSignal> {
+        self.signal.clone_box()
+    }
+
+    /// Puts back a signal state taken by [`Controller::signal_state`] (a rewind). Counters are
+    /// not rewound: they count what happened.
+    pub fn restore_signal(&mut self, signal: Box<dyn InnovationSignal>) {
+        self.signal = signal;
     }
 }
 
@@ -225,14 +278,31 @@ mod tests {
     }
 
     #[test]
-    fn escalates_once_consecutive_rejections_exceed_the_limit() {
-        let config = ControllerConfig::default().with_max_consecutive_rejections(3);
-        let mut c = Controller::from_config(&config, 1.0).unwrap();
-        let escalated: Vec<bool> = (0..5).map(|_| c.decide(100.0).escalated).collect();
-        assert_eq!(escalated, [false, false, false, true, true]);
-        assert!(!c.decide(1.0).escalated);
-        assert_eq!(c.counters().escalations, 2);
+    fn counts_runs_of_rejections() {
+        let mut c = controller();
+        for _ in 0..5 {
+            c.decide(100.0);
+        }
+        assert_eq!(c.counters().consecutive_rejections, 5);
+        c.decide(1.0);
+        assert_eq!(c.counters().consecutive_rejections, 0);
         assert_eq!(c.counters().longest_rejection_run, 5);
+    }
+
+    #[test]
+    fn a_gated_gradient_is_a_rejection_without_a_measurement() {
+        let mut c = controller();
+        let r = c.reject_gradient(RejectionReason::GradientGate {
+            norm: 300.0,
+            z: 50.0,
+            limit: 6.0,
+        });
+        assert!(r.measurement.is_nan() && r.innovation.is_nan());
+        assert_eq!(r.action, Action::Skip);
+        assert_eq!(r.reference, r.reference_after);
+        assert_eq!(c.counters().gate_rejections, 1);
+        assert_eq!(c.counters().rejected, 1);
+        assert_eq!(c.reference(), 1.0);
     }
 
     #[test]

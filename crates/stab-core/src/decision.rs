@@ -27,6 +27,28 @@ pub enum RejectionReason {
         #[serde(with = "non_finite_f64")]
         innovation: f64,
     },
+    /// ν ≤ ε, but the accepted innovations since `onset` add up to a drift: the CUSUM statistic
+    /// passed its alarm level (damage arriving in steps each under ε).
+    DriftAlarm {
+        /// The CUSUM statistic S with this proposal.
+        statistic: f64,
+        /// The alarm level h.
+        threshold: f64,
+        /// Position of the first state the drift produced.
+        onset: u64,
+    },
+    /// The gradient was rejected before the optimizer step: its norm is far above the norms of
+    /// accepted steps, or not finite. Nothing was proposed, nothing needs restoring.
+    GradientGate {
+        /// The gradient's norm (`"NaN"`, `"inf"` when not finite).
+        #[serde(with = "non_finite_f64")]
+        norm: f64,
+        /// Its z-score against accepted norms.
+        #[serde(with = "non_finite_f64")]
+        z: f64,
+        /// The z-score limit.
+        limit: f64,
+    },
 }
 
 impl std::fmt::Display for RejectionReason {
@@ -41,6 +63,17 @@ impl std::fmt::Display for RejectionReason {
             }
             Self::NonFiniteInnovation { innovation } => {
                 write!(f, "non-finite innovation {innovation}")
+            }
+            Self::DriftAlarm {
+                statistic,
+                threshold,
+                onset,
+            } => write!(
+                f,
+                "drift since position {onset}: CUSUM {statistic:.6} > alarm level {threshold:.6}"
+            ),
+            Self::GradientGate { norm, z, limit } => {
+                write!(f, "gradient norm {norm} (z = {z:.2} > {limit}) gated")
             }
         }
     }

@@ -27,6 +27,24 @@ pub enum ConfigError {
         /// The smallest value allowed.
         minimum: u64,
     },
+    /// A count-valued field (window, ring age, ladder count) is above its maximum.
+    #[error("invalid {field} = {value}: must be at most {maximum}")]
+    TooLarge {
+        /// Name of the configuration field.
+        field: &'static str,
+        /// The rejected value.
+        value: u64,
+        /// The largest value allowed.
+        maximum: u64,
+    },
+    /// A real-valued field must be finite and not negative.
+    #[error("invalid {field} = {value}: must be finite and ≥ 0")]
+    Negative {
+        /// Name of the configuration field.
+        field: &'static str,
+        /// The rejected value.
+        value: f64,
+    },
     /// A real-valued field must be finite and strictly positive.
     #[error("invalid {field} = {value}: must be finite and > 0")]
     NotPositive {
@@ -76,6 +94,26 @@ pub enum StabError {
     /// The runtime safety monitor found a broken guarantee.
     #[error("safety invariant violated: {0}")]
     Safety(#[from] crate::monitor::SafetyViolation),
+    /// A driver called the step protocol out of order (a bug in the driver).
+    #[error("step protocol called out of order: {called} while it expects {expected}")]
+    OutOfOrder {
+        /// The call made.
+        called: &'static str,
+        /// The call the protocol expects next.
+        expected: &'static str,
+    },
+    /// The protocol asked for a measurement of step `step` and none was given.
+    #[error("step {step} was to be measured but no measurement was given")]
+    MissingMeasurement {
+        /// The step.
+        step: u64,
+    },
+    /// The escalation ladder ran out: the run is stopped, the last accepted state is kept.
+    #[error("{0}")]
+    RecoveryExhausted(Box<crate::protocol::RecoveryExhausted>),
+    /// A step was asked of a run that stopped earlier.
+    #[error("the run stopped earlier: {0}")]
+    Stopped(Box<crate::protocol::RecoveryExhausted>),
     /// An observer could not record a step.
     #[error("step observer failed: {0}")]
     Observer(#[from] ObserverError),

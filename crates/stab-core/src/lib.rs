@@ -13,9 +13,14 @@
 //!   [`SpikeSignal`] (training-loss or gradient-norm z-scores: the naive baseline), and
 //!   [`GradientAgreementSignal`];
 //! - [`DecisionRule`] with [`ThresholdRule`] (accept iff ν ≤ ε), returning a typed [`Decision`];
-//! - [`Controller`]: signal + rule + counters + escalation;
-//! - [`SnapshotStore`] with [`InMemoryStore`], and the generic [`Supervisor`] that runs one guarded
-//!   step (propose, measure, decide, commit or restore) for any state type;
+//! - [`Controller`]: signal + rule + counters;
+//! - [`StepProtocol`]: Algorithm 1 with recovery as a state machine with no I/O — probe cadence,
+//!   calibration, observe mode, the decision, the safety monitor, drift detection
+//!   ([`detect::DriftDetector`]), the pre-step gradient gate ([`detect::GradientGate`]), a ring
+//!   of snapshots at spaced ages and an escalation ladder (rewind, reset the optimizer, stop).
+//!   Every driver obeys it: the closure [`Supervisor`] here, stab-burn's `Guard`, your own loop;
+//! - [`SnapshotStore`] (numbered slots) with [`InMemoryStore`], and the generic [`Supervisor`]
+//!   that runs one guarded step (propose, measure, decide, obey) for any state type;
 //! - [`SafetyMonitor`]: Theorem 7.3, Propositions 7.4 and 7.5 checked at run time;
 //! - [`ControllerConfig`] (serde, validated), [`StepRecord`] and [`JsonLinesWriter`].
 //!
@@ -55,24 +60,33 @@
 mod config;
 mod controller;
 mod decision;
+pub mod detect;
 mod error;
 mod fingerprint;
 pub mod monitor;
+pub mod protocol;
 pub mod record;
 pub mod signal;
 mod snapshot;
 mod supervisor;
 
-pub use config::{ControllerConfig, SignalKind};
+pub use config::{
+    ControllerConfig, DriftConfig, GateConfig, LadderConfig, MAX_LADDER_COUNT, MAX_RING_AGE,
+    MAX_RING_LEVELS, MAX_RUNGS, MAX_WINDOW, RingConfig, Rung, SignalKind,
+};
+pub use protocol::{
+    Completed, Completion, Directive, Mode, RecoveryExhausted, RingUpdate, StepPlan,
+    StepProtocol,
+};
 pub use controller::{Controller, Counters};
 pub use decision::{Decision, DecisionRule, RejectionReason, ThresholdRule};
 pub use error::{ConfigError, ObserverError, StabError};
 pub use fingerprint::Fingerprint;
 pub use monitor::{SafetyMonitor, SafetyViolation};
-pub use record::{JsonLinesWriter, RecordCollector, StepObserver, StepRecord};
+pub use record::{Action, JsonLinesWriter, RecordCollector, StepObserver, StepRecord};
 pub use signal::{
     EwmaReference, GradientAgreementSignal, InnovationKind, InnovationSignal, ProbeSignal,
     SpikeSignal,
 };
-pub use snapshot::{InMemoryStore, InMemoryStoreError, SnapshotStore};
+pub use snapshot::{InMemoryStore, InMemoryStoreError, SlotId, SnapshotStore};
 pub use supervisor::{GuardedStep, StepOutcome, Supervisor};

@@ -34,8 +34,51 @@ pub struct StepRecord {
     pub decision: Decision,
     /// Proposals rejected in a row, this one included (0 after an acceptance).
     pub consecutive_rejections: u64,
-    /// Set when `consecutive_rejections` exceeds the configured limit: the run is stuck.
-    pub escalated: bool,
+    /// What was done with the proposal.
+    pub action: Action,
+    /// The rung of the escalation ladder that fired at this step (1 = the lowest), if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rung: Option<u32>,
+}
+
+/// What the step protocol had the driver do with a proposal: one typed action per decided step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Action {
+    /// Accepted: the proposal is the new state and the new snapshot.
+    Commit,
+    /// Rejected: the last accepted state is back (parameters, optimizer state, buffers).
+    Restore,
+    /// Rejected: an older accepted snapshot is back, with the controller's state of that time;
+    /// the batches since are skipped.
+    Rewind {
+        /// Position (steps completed) of the restored state.
+        to_position: u64,
+    },
+    /// Rejected: the last accepted parameters are back with a fresh optimizer state.
+    ResetOptimizer,
+    /// The gradient was rejected before the optimizer step: nothing changed.
+    Skip,
+    /// Observe mode: the decision is only logged, the proposal is kept.
+    Observe,
+    /// Not measured this step (probe interval > 1): the proposal is kept provisionally; the next
+    /// probed step decides for it.
+    Unprobed,
+    /// The first measurement of a signal started without y(θ₀): the reference starts here and
+    /// the proposal is kept undecided.
+    Calibrate,
+    /// The escalation ladder is exhausted: the last accepted state is back and the run stops.
+    Stop,
+}
+
+impl Action {
+    /// `true` when the state continued from is not the proposal (restore, rewind, reset, stop).
+    pub fn discards_proposal(&self) -> bool {
+        matches!(
+            self,
+            Self::Restore | Self::Rewind { .. } | Self::ResetOptimizer | Self::Stop
+        )
+    }
 }
 
 /// Receives every step record: logging, metrics, dashboards.

@@ -1,47 +1,88 @@
-//! Snapshot stores: keep the last accepted state, give back an exact copy on a rejection.
+//! Snapshot stores: keep accepted states in numbered slots, give back exact copies.
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// Keeps the last accepted state of a training run so that a rejection can restore it exactly.
+/// A slot of a snapshot store. [`SlotId::CURRENT`] holds the last accepted state; the step
+/// protocol keeps older accepted states (its snapshot ring) in the other slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SlotId(pub u8);
+
+impl SlotId {
+    /// The slot of the last accepted state.
+    pub const CURRENT: SlotId = SlotId(0);
+}
+
+impl std::fmt::Display for SlotId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "slot {}", self.0)
+    }
+}
+
+/// Keeps accepted states of a training run so that a rejection can restore one exactly.
 ///
-/// Implementations decide where the copy lives (device memory, host memory, disk) and how it is
-/// made; they must restore *exactly* what was saved (Proposition 7.4 depends on it): parameters,
-/// optimizer state, and any buffer a forward pass mutates.
+/// Implementations decide where the copies live (device memory, host memory, disk) and how they
+/// are made; they must restore *exactly* what was saved (Proposition 7.4 depends on it):
+/// parameters, optimizer state, and any buffer a forward pass mutates. The step protocol tells
+/// the driver which of these operations to perform, in which order.
 pub trait SnapshotStore<S> {
     /// What can go wrong saving or restoring.
     type Error: std::error::Error + Send + Sync + 'static;
 
-    /// Replaces the stored snapshot with `state`, the newly accepted state.
+    /// Replaces [`SlotId::CURRENT`] with `state`, the newly accepted state.
     ///
     /// # Errors
     /// Store-specific (out of memory, I/O, a background copy that failed).
     fn save(&mut self, state: &S) -> Result<(), Self::Error>;
 
-    /// Returns an exact copy of the last saved state, keeping the snapshot for later restores.
+    /// Returns an exact copy of the state in [`SlotId::CURRENT`], keeping it for later restores.
     ///
     /// # Errors
-    /// Store-specific; [`InMemoryStoreError::Empty`] for the in-memory store before any save.
+    /// Store-specific; an empty slot is an error, never a panic.
     fn restore(&mut self) -> Result<S, Self::Error>;
+
+    /// Makes slot `to` hold what slot `from` holds (a snapshot is immutable once saved, so a
+    /// store may share it rather than copy it).
+    ///
+    /// # Errors
+    /// An empty `from` slot, or a store-specific failure.
+    fn copy(&mut self, from: SlotId, to: SlotId) -> Result<(), Self::Error>;
+
+    /// Makes [`SlotId::CURRENT`] hold the snapshot of `slot` and returns an exact copy of it: the
+    /// state to continue from after a rewind.
+    ///
+    /// # Errors
+    /// An empty slot, or a store-specific failure.
+    fn rewind(&mut self, slot: SlotId) -> Result<S, Self::Error>;
+
+    /// Frees a slot (its snapshot is no longer a rewind target).
+    ///
+    /// # Errors
+    /// Store-specific.
+    fn release(&mut self, slot: SlotId) -> Result<(), Self::Error>;
 }
 
 /// Errors of [`InMemoryStore`].
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum InMemoryStoreError {
-    /// `restore` was called before any `save`.
-    #[error("no snapshot has been saved yet")]
-    Empty,
+    /// A restore, copy or rewind read a slot that holds no snapshot.
+    #[error("{slot} holds no snapshot")]
+    Empty {
+        /// The slot read.
+        slot: SlotId,
+    },
 }
 
-/// Keeps the snapshot as a `Clone` of the state, in memory. Exact whenever `Clone` is a deep copy
+/// Keeps each snapshot as a `Clone` of the state, in memory. Exact whenever `Clone` is a deep copy
 /// (or copy-on-write over immutable data).
 #[derive(Debug, Clone)]
 pub struct InMemoryStore<S> {
-    snapshot: Option<S>,
+    slots: Vec<Option<S>>,
 }
 
 impl<S> Default for InMemoryStore<S> {
     fn default() -> Self {
-        Self { snapshot: None }
+        Self { slots: Vec::new() }
     }
 }
 
@@ -51,9 +92,33 @@ impl<S: Clone> InMemoryStore<S> {
         Self::default()
     }
 
-    /// The stored snapshot, if any.
+    /// The last accepted snapshot, if any.
     pub fn get(&self) -> Option<&S> {
-        self.snapshot.as_ref()
+        self.slot(SlotId::CURRENT)
+    }
+
+    /// The snapshot in `slot`, if any.
+    pub fn slot(&self, slot: SlotId) -> Option<&S> {
+        self.slots.get(usize::from(slot.0)).and_then(Option::as_ref)
+    }
+
+    /// Slots holding a snapshot.
+    pub fn occupied(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+
+    fn put(&mut self, slot: SlotId, state: Option<S>) {
+        let index = usize::from(slot.0);
+        if self.slots.len() <= index {
+            self.slots.resize_with(index + 1, || None);
+        }
+        self.slots[index] = state;
+    }
+
+    fn read(&self, slot: SlotId) -> Result<S, InMemoryStoreError> {
+        self.slot(slot)
+            .cloned()
+            .ok_or(InMemoryStoreError::Empty { slot })
     }
 }
 
@@ -61,12 +126,31 @@ impl<S: Clone> SnapshotStore<S> for InMemoryStore<S> {
     type Error = InMemoryStoreError;
 
     fn save(&mut self, state: &S) -> Result<(), Self::Error> {
-        self.snapshot = Some(state.clone());
+        self.put(SlotId::CURRENT, Some(state.clone()));
         Ok(())
     }
 
     fn restore(&mut self) -> Result<S, Self::Error> {
-        self.snapshot.clone().ok_or(InMemoryStoreError::Empty)
+        self.read(SlotId::CURRENT)
+    }
+
+    fn copy(&mut self, from: SlotId, to: SlotId) -> Result<(), Self::Error> {
+        let state = self.read(from)?;
+        self.put(to, Some(state));
+        Ok(())
+    }
+
+    fn rewind(&mut self, slot: SlotId) -> Result<S, Self::Error> {
+        let state = self.read(slot)?;
+        self.put(SlotId::CURRENT, Some(state.clone()));
+        Ok(state)
+    }
+
+    fn release(&mut self, slot: SlotId) -> Result<(), Self::Error> {
+        if usize::from(slot.0) < self.slots.len() {
+            self.put(slot, None);
+        }
+        Ok(())
     }
 }
 
@@ -77,7 +161,14 @@ mod tests {
     #[test]
     fn restore_before_save_is_an_error_not_a_panic() {
         let mut store = InMemoryStore::<Vec<f64>>::new();
-        assert_eq!(store.restore(), Err(InMemoryStoreError::Empty));
+        assert_eq!(
+            store.restore(),
+            Err(InMemoryStoreError::Empty {
+                slot: SlotId::CURRENT
+            })
+        );
+        assert!(store.rewind(SlotId(3)).is_err());
+        assert!(store.copy(SlotId(2), SlotId(1)).is_err());
     }
 
     #[test]
@@ -87,5 +178,20 @@ mod tests {
         store.save(&vec![3.0]).unwrap();
         assert_eq!(store.restore().unwrap(), vec![3.0]);
         assert_eq!(store.restore().unwrap(), vec![3.0]);
+    }
+
+    #[test]
+    fn slots_copy_rewind_and_release() {
+        let mut store = InMemoryStore::new();
+        store.save(&1).unwrap();
+        store.copy(SlotId::CURRENT, SlotId(2)).unwrap();
+        store.save(&5).unwrap();
+        assert_eq!(store.occupied(), 2);
+        assert_eq!(store.rewind(SlotId(2)).unwrap(), 1);
+        assert_eq!(store.restore().unwrap(), 1, "the rewound state is the current one");
+        store.release(SlotId(2)).unwrap();
+        store.release(SlotId(9)).unwrap();
+        assert_eq!(store.slot(SlotId(2)), None);
+        assert_eq!(store.occupied(), 1);
     }
 }

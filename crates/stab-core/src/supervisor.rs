@@ -1,16 +1,18 @@
-//! The generic supervisor: one guarded step for any state type.
+//! The generic supervisor: a thin driver of the [`StepProtocol`] for any state type, with
+//! closures for the optimizer step and the measurement.
 
 use crate::config::ControllerConfig;
 use crate::controller::{Controller, Counters};
 use crate::error::StabError;
-use crate::monitor::SafetyMonitor;
+use crate::protocol::{Completion, Directive, Mode, StepPlan, StepProtocol};
 use crate::record::{StepObserver, StepRecord};
-use crate::snapshot::SnapshotStore;
+use crate::snapshot::{SlotId, SnapshotStore};
 
 /// What happened in one guarded step.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepOutcome {
-    /// The proposal was measured and decided (every step when the probe interval is 1).
+    /// The step was decided: the proposal was measured (every step when the probe interval is 1)
+    /// or its gradient was gated. The record's `action` says what was done.
     Decided(StepRecord),
     /// No measurement this step (probe interval > 1): the proposal is kept provisionally; the next
     /// probed step decides for it and, if rejected, rolls back past it.
@@ -29,7 +31,7 @@ impl StepOutcome {
         }
     }
 
-    /// `true` if this step rolled the state back.
+    /// `true` if this step rejected its proposal (or its gradient).
     pub fn is_rejection(&self) -> bool {
         self.record().is_some_and(|r| !r.decision.is_accepted())
     }
@@ -38,39 +40,40 @@ impl StepOutcome {
 /// The state to continue from, and what happened.
 #[derive(Debug)]
 pub struct GuardedStep<S> {
-    /// The proposal if accepted (or unprobed), otherwise the restored last accepted state.
+    /// The proposal if accepted (or unprobed), otherwise the restored state: the last accepted
+    /// one, an older one after a rewind, or the last accepted one with a fresh optimizer state.
     pub state: S,
     /// The decision, or why there was none.
     pub outcome: StepOutcome,
 }
 
 type FingerprintFn<S> = Box<dyn Fn(&S) -> u64 + Send>;
+type ResetFn<S> = Box<dyn Fn(S) -> S + Send>;
 
-/// Runs Algorithm 1 around any training loop: the caller gives a `propose` closure (one optimizer
-/// step) and a `measure` closure (e.g. the probe loss); the supervisor decides, commits the
-/// proposal to the snapshot store or restores the last accepted state, checks the safety
-/// invariants and tells the observers.
+/// Runs Algorithm 1 with recovery around any training loop: the caller gives a `propose` closure
+/// (one optimizer step) and a `measure` closure (e.g. the probe loss); the [`StepProtocol`]
+/// decides, the supervisor obeys (commits the proposal to the snapshot store, restores or rewinds
+/// a snapshot, resets the optimizer state) and tells the observers.
 ///
 /// This is how a framework other than Burn adopts stab: the state `S` is whatever holds the
 /// parameters *and* optimizer state (and any mutable buffers), the store knows how to copy it.
+///
+/// When the escalation ladder runs out, [`Supervisor::step`] returns
+/// [`StabError::RecoveryExhausted`] and keeps the last accepted state for
+/// [`Supervisor::take_last_accepted`]: nothing is lost, and the run does not loop.
 pub struct Supervisor<S, St: SnapshotStore<S>> {
-    controller: Controller,
+    protocol: StepProtocol,
     store: St,
-    monitor: Option<SafetyMonitor>,
     fingerprint: Option<FingerprintFn<S>>,
-    last_accepted_fingerprint: Option<u64>,
+    reset: Option<ResetFn<S>>,
     observers: Vec<Box<dyn StepObserver + Send>>,
-    probe_interval: u64,
-    step: u64,
+    last_accepted: Option<S>,
 }
 
 impl<S, St: SnapshotStore<S>> std::fmt::Debug for Supervisor<S, St> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Supervisor")
-            .field("controller", &self.controller)
-            .field("monitor", &self.monitor)
-            .field("probe_interval", &self.probe_interval)
-            .field("step", &self.step)
+            .field("protocol", &self.protocol)
             .finish_non_exhaustive()
     }
 }
@@ -83,26 +86,25 @@ impl<S, St: SnapshotStore<S>> Supervisor<S, St> {
     /// Configuration errors, a non-finite initial measurement, or a failing first save.
     pub fn new(
         config: &ControllerConfig,
-        mut store: St,
+        store: St,
         initial_state: &S,
         initial_measurement: f64,
     ) -> Result<Self, StabError> {
-        let controller = Controller::from_config(config, initial_measurement)?;
-        store.save(initial_state).map_err(|e| StabError::Store {
-            operation: "save",
-            step: 0,
-            source: Box::new(e),
-        })?;
-        Ok(Self {
-            controller,
+        let protocol = StepProtocol::new(config, Mode::Enforce, Some(initial_measurement))?;
+        let mut supervisor = Self {
+            protocol,
             store,
-            monitor: Some(SafetyMonitor::new(initial_measurement)),
             fingerprint: None,
-            last_accepted_fingerprint: None,
+            reset: None,
             observers: Vec::new(),
-            probe_interval: config.probe_interval,
-            step: 0,
-        })
+            last_accepted: None,
+        };
+        let directive = supervisor.protocol.start()?;
+        if let Directive::Commit(update) = &directive {
+            supervisor.commit(0, initial_state, update)?;
+        }
+        supervisor.protocol.complete(Completion::default())?;
+        Ok(supervisor)
     }
 
     /// Fingerprints states so that every restore is checked bit for bit (Proposition 7.4). The
@@ -113,14 +115,33 @@ impl<S, St: SnapshotStore<S>> Supervisor<S, St> {
         initial_state: &S,
         fingerprint: impl Fn(&S) -> u64 + Send + 'static,
     ) -> Self {
-        self.last_accepted_fingerprint = Some(fingerprint(initial_state));
+        self.protocol
+            .fingerprint_initial_state(fingerprint(initial_state));
         self.fingerprint = Some(Box::new(fingerprint));
+        self
+    }
+
+    /// How to clear the optimizer's state of a state (momentum, moments, step counts) while
+    /// keeping its parameters: enables the ladder's reset rung.
+    pub fn with_optimizer_reset(mut self, reset: impl Fn(S) -> S + Send + 'static) -> Self {
+        self.reset = Some(Box::new(reset));
+        let protocol = std::mem::replace(
+            &mut self.protocol,
+            StepProtocol::new(&ControllerConfig::default(), Mode::Observe, None)
+                .expect("the default configuration is valid"),
+        );
+        self.protocol = protocol.with_optimizer_reset(true);
         self
     }
 
     /// Turns the runtime safety monitor off (it is cheap; this exists for benchmarks).
     pub fn without_monitor(mut self) -> Self {
-        self.monitor = None;
+        let protocol = std::mem::replace(
+            &mut self.protocol,
+            StepProtocol::new(&ControllerConfig::default(), Mode::Observe, None)
+                .expect("the default configuration is valid"),
+        );
+        self.protocol = protocol.without_monitor();
         self
     }
 
@@ -132,12 +153,19 @@ impl<S, St: SnapshotStore<S>> Supervisor<S, St> {
 
     /// The controller (counters, reference).
     pub fn controller(&self) -> &Controller {
-        &self.controller
+        self.protocol
+            .controller()
+            .expect("the supervisor starts its controller at construction")
+    }
+
+    /// The step protocol (ladder level, drift statistic, slots).
+    pub fn protocol(&self) -> &StepProtocol {
+        &self.protocol
     }
 
     /// The decision counters.
     pub fn counters(&self) -> Counters {
-        self.controller.counters()
+        self.protocol.counters()
     }
 
     /// The snapshot store.
@@ -147,18 +175,24 @@ impl<S, St: SnapshotStore<S>> Supervisor<S, St> {
 
     /// The index of the next step.
     pub fn next_step(&self) -> u64 {
-        self.step
+        self.protocol.next_step()
     }
 
-    /// Runs one guarded step from `state` (the current accepted state).
+    /// The last accepted state, after [`StabError::RecoveryExhausted`] stopped the run.
+    pub fn take_last_accepted(&mut self) -> Option<S> {
+        self.last_accepted.take()
+    }
+
+    /// Runs one guarded step from `state` (the state the last step returned).
     ///
     /// `propose` performs one optimizer step and returns the proposal; `measure` measures it. On
-    /// acceptance the proposal is saved and returned; on rejection the last accepted state is
-    /// restored from the store and returned. A non-finite measurement is a rejection, not an
+    /// acceptance the proposal is saved and returned; on rejection a snapshot is restored and
+    /// returned (see [`GuardedStep::state`]). A non-finite measurement is a rejection, not an
     /// error.
     ///
     /// # Errors
-    /// A failing closure or store, a safety violation, or a failing observer.
+    /// A failing closure or store, a safety violation, a failing observer, or
+    /// [`StabError::RecoveryExhausted`] when the escalation ladder has run out.
     pub fn step<E, P, M>(
         &mut self,
         state: S,
@@ -170,61 +204,168 @@ impl<S, St: SnapshotStore<S>> Supervisor<S, St> {
         P: FnOnce(S) -> Result<S, E>,
         M: FnOnce(&S) -> Result<f64, E>,
     {
-        let step = self.step;
-        self.step += 1;
-        let closure_error = |stage: &'static str| {
-            move |e: E| StabError::Closure {
-                stage,
-                step,
-                source: Box::new(e),
-            }
-        };
-        let proposal = propose(state).map_err(closure_error("propose"))?;
-        if !(step + 1).is_multiple_of(self.probe_interval) {
-            return Ok(GuardedStep {
-                state: proposal,
-                outcome: StepOutcome::Unprobed { step },
-            });
-        }
-        let measurement = measure(&proposal).map_err(closure_error("measure"))?;
-        let mut record = self.controller.decide(measurement);
-        record.step = step;
-        if let Some(monitor) = &mut self.monitor {
-            monitor.check_decision(&record)?;
-        }
+        self.run(state, None, propose, measure)
+    }
 
-        let state = if record.decision.is_accepted() {
-            self.store.save(&proposal).map_err(|e| StabError::Store {
-                operation: "save",
-                step,
-                source: Box::new(e),
-            })?;
-            if let Some(fingerprint) = &self.fingerprint {
-                self.last_accepted_fingerprint = Some(fingerprint(&proposal));
+    /// Like [`Supervisor::step`], with the norm of the gradient `propose` is about to apply: the
+    /// gradient gate may reject it before `propose` runs (then `propose` is not called and the
+    /// state is returned as it was).
+    ///
+    /// # Errors
+    /// As [`Supervisor::step`].
+    pub fn step_gated<E, P, M>(
+        &mut self,
+        state: S,
+        gradient_norm: f64,
+        propose: P,
+        measure: M,
+    ) -> Result<GuardedStep<S>, StabError>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+        P: FnOnce(S) -> Result<S, E>,
+        M: FnOnce(&S) -> Result<f64, E>,
+    {
+        self.run(state, Some(gradient_norm), propose, measure)
+    }
+
+    fn run<E, P, M>(
+        &mut self,
+        state: S,
+        gradient_norm: Option<f64>,
+        propose: P,
+        measure: M,
+    ) -> Result<GuardedStep<S>, StabError>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+        P: FnOnce(S) -> Result<S, E>,
+        M: FnOnce(&S) -> Result<f64, E>,
+    {
+        let step = self.protocol.next_step();
+        let (state, directive) = match self.protocol.begin_step(gradient_norm)? {
+            StepPlan::Skip => (state, Directive::Keep),
+            StepPlan::Propose { measure: measured } => {
+                let proposed = (move || {
+                    let proposal = propose(state).map_err(|e| ("propose", e))?;
+                    let measurement = if measured {
+                        Some(measure(&proposal).map_err(|e| ("measure", e))?)
+                    } else {
+                        None
+                    };
+                    Ok((proposal, measurement))
+                })();
+                match proposed {
+                    Ok((proposal, measurement)) => (proposal, self.protocol.decide(measurement)?),
+                    Err((stage, e)) => {
+                        self.protocol.abandon_step()?;
+                        return Err(StabError::Closure {
+                            stage,
+                            step,
+                            source: Box::new(e),
+                        });
+                    }
+                }
             }
-            proposal
-        } else {
-            drop(proposal);
-            let restored = self.store.restore().map_err(|e| StabError::Store {
-                operation: "restore",
-                step,
-                source: Box::new(e),
-            })?;
-            if let (Some(fingerprint), Some(expected), Some(monitor)) = (
-                &self.fingerprint,
-                self.last_accepted_fingerprint,
-                &self.monitor,
-            ) {
-                monitor.check_restore(step, expected, fingerprint(&restored))?;
-            }
-            restored
         };
-        for observer in &mut self.observers {
-            observer.on_step(&record)?;
+        let check = !matches!(directive, Directive::Keep);
+        let state = self.obey(step, directive, state)?;
+        let fingerprint = match (&self.fingerprint, check) {
+            (Some(fingerprint), true) => Some(fingerprint(&state)),
+            _ => None,
+        };
+        let completed = self.protocol.complete(Completion { fingerprint })?;
+        if let Some(record) = &completed.record {
+            for observer in &mut self.observers {
+                observer.on_step(record)?;
+            }
         }
-        Ok(GuardedStep {
-            state,
-            outcome: StepOutcome::Decided(record),
+        if let Some(exhausted) = self.protocol.exhausted() {
+            let error = StabError::RecoveryExhausted(Box::new(exhausted.clone()));
+            self.last_accepted = Some(state);
+            return Err(error);
+        }
+        let outcome = match completed.record {
+            Some(record) => StepOutcome::Decided(record),
+            None => StepOutcome::Unprobed { step },
+        };
+        Ok(GuardedStep { state, outcome })
+    }
+
+    fn store_error(
+        operation: &'static str,
+        step: u64,
+    ) -> impl FnOnce(St::Error) -> StabError {
+        move |e| StabError::Store {
+            operation,
+            step,
+            source: Box::new(e),
+        }
+    }
+
+    fn commit(
+        &mut self,
+        step: u64,
+        state: &S,
+        update: &crate::protocol::RingUpdate,
+    ) -> Result<(), StabError> {
+        self.store
+            .save(state)
+            .map_err(Self::store_error("save", step))?;
+        for &(from, to) in &update.promote {
+            self.store
+                .copy(from, to)
+                .map_err(Self::store_error("copy", step))?;
+        }
+        for &slot in &update.retain {
+            self.store
+                .copy(SlotId::CURRENT, slot)
+                .map_err(Self::store_error("copy", step))?;
+        }
+        Ok(())
+    }
+
+    /// Does what the protocol said; returns the state to continue from.
+    fn obey(&mut self, step: u64, directive: Directive, state: S) -> Result<S, StabError> {
+        Ok(match directive {
+            Directive::Keep => state,
+            Directive::Commit(update) => {
+                self.commit(step, &state, &update)?;
+                state
+            }
+            Directive::Restore | Directive::Stop => {
+                drop(state);
+                self.store
+                    .restore()
+                    .map_err(Self::store_error("restore", step))?
+            }
+            Directive::ResetOptimizer => {
+                drop(state);
+                let restored = self
+                    .store
+                    .restore()
+                    .map_err(Self::store_error("restore", step))?;
+                let reset = self
+                    .reset
+                    .as_ref()
+                    .expect("the protocol resets only when a reset function was given");
+                let state = reset(restored);
+                self.store
+                    .save(&state)
+                    .map_err(Self::store_error("save", step))?;
+                state
+            }
+            Directive::Rewind { slot, release } => {
+                drop(state);
+                let restored = self
+                    .store
+                    .rewind(slot)
+                    .map_err(Self::store_error("rewind", step))?;
+                for slot in release {
+                    self.store
+                        .release(slot)
+                        .map_err(Self::store_error("release", step))?;
+                }
+                restored
+            }
         })
     }
 }

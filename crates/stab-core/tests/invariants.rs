@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use stab_core::{
     Controller, ControllerConfig, Decision, DecisionRule, Fingerprint, InMemoryStore,
     InnovationKind, InnovationSignal, ProbeSignal, SafetyMonitor, SafetyViolation, SignalKind,
-    SnapshotStore, StabError, Supervisor, ThresholdRule,
+    SlotId, SnapshotStore, StabError, Supervisor, ThresholdRule,
 };
 
 /// Measurements as nasty as a training run can produce: ordinary losses, huge and tiny values,
@@ -130,7 +130,7 @@ proptest! {
         eps in epsilon(),
         steps in prop::collection::vec((prop::collection::vec(-1e6..1e6_f64, 3), measurement()), 1..60),
     ) {
-        let config = ControllerConfig::default().with_epsilon(eps);
+        let config = ControllerConfig::algorithm_1().with_epsilon(eps);
         let initial = vec![0.0_f64; 3];
         let fingerprint = |s: &Vec<f64>| Fingerprint::new().f64s(s).finish();
         let mut sup = Supervisor::new(&config, InMemoryStore::new(), &initial, 1.0)
@@ -163,7 +163,6 @@ proptest! {
         let mut controller = Controller::new(
             Box::new(ProbeSignal::new(1.0, 0.1)),
             Box::new(LaxRule { epsilon: eps }),
-            10,
         );
         let mut monitor = SafetyMonitor::new(1.0);
         let record = controller.decide(1.0 + excess * eps);
@@ -185,7 +184,6 @@ proptest! {
         let mut controller = Controller::new(
             Box::new(LeakySignal(ProbeSignal::new(1.0, 0.1))),
             Box::new(ThresholdRule::new(eps)),
-            10,
         );
         let mut monitor = SafetyMonitor::new(1.0);
         let record = controller.decide(1.0 + spike * eps);
@@ -216,10 +214,14 @@ impl DecisionRule for LaxRule {
 }
 
 /// A wrong signal: folds rejected measurements into the reference.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct LeakySignal(ProbeSignal);
 
 impl InnovationSignal for LeakySignal {
+    fn clone_box(&self) -> Box<dyn InnovationSignal> {
+        Box::new(self.clone())
+    }
+
     fn name(&self) -> &'static str {
         "leaky"
     }
@@ -241,10 +243,14 @@ impl InnovationSignal for LeakySignal {
 }
 
 /// A wrong signal: under-reports its innovation (ν/10) while claiming ν = y − ŷ.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct ShrinkingSignal(ProbeSignal);
 
 impl InnovationSignal for ShrinkingSignal {
+    fn clone_box(&self) -> Box<dyn InnovationSignal> {
+        Box::new(self.clone())
+    }
+
     fn name(&self) -> &'static str {
         "shrinking"
     }
@@ -267,7 +273,6 @@ fn monitor_catches_a_signal_that_breaks_theorem_7_3() {
     let mut controller = Controller::new(
         Box::new(ShrinkingSignal(ProbeSignal::new(1.0, 0.1))),
         Box::new(ThresholdRule::new(0.5)),
-        10,
     );
     let mut monitor = SafetyMonitor::new(1.0);
     let record = controller.decide(4.0); // true ν = 3.0, reported 0.3
@@ -291,6 +296,15 @@ impl SnapshotStore<Vec<f64>> for CorruptingStore {
         let mut state = self.0.restore()?;
         state[0] = f64::from_bits(state[0].to_bits() ^ 1);
         Ok(state)
+    }
+    fn copy(&mut self, from: SlotId, to: SlotId) -> Result<(), Self::Error> {
+        self.0.copy(from, to)
+    }
+    fn rewind(&mut self, slot: SlotId) -> Result<Vec<f64>, Self::Error> {
+        self.0.rewind(slot)
+    }
+    fn release(&mut self, slot: SlotId) -> Result<(), Self::Error> {
+        self.0.release(slot)
     }
 }
 

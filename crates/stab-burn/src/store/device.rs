@@ -5,6 +5,8 @@ use std::marker::PhantomData;
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 
+use stab_core::SlotId;
+
 use super::{StateStore, StoreMemory, optimizer_state_bytes};
 use crate::error::StoreError;
 use crate::running_state::RunningStateSnapshot;
@@ -30,11 +32,16 @@ const NAME: &str = "device";
 /// ([`StoreMemory::device_shared`]).
 #[derive(Debug)]
 pub struct DeviceStore<M> {
-    snapshot: Option<Snapshot<M>>,
+    /// Slot 0: the last accepted state; the others: older accepted states (the snapshot ring).
+    slots: Vec<Option<Snapshot<M>>>,
+    saves: u64,
     _model: PhantomData<fn() -> M>,
 }
 
+#[derive(Clone)]
 struct Snapshot<M> {
+    /// Which save made it: copies in other slots share the save's tensors.
+    generation: u64,
     model: M,
     optim: ModuleOptimizer,
     running: RunningStateSnapshot,
@@ -52,7 +59,8 @@ impl<M: std::fmt::Debug> std::fmt::Debug for Snapshot<M> {
 impl<M> Default for DeviceStore<M> {
     fn default() -> Self {
         Self {
-            snapshot: None,
+            slots: Vec::new(),
+            saves: 0,
             _model: PhantomData,
         }
     }
@@ -63,6 +71,21 @@ impl<M: Module> DeviceStore<M> {
     pub fn new() -> Self {
         Self::default()
     }
+
+    fn get(&self, slot: SlotId) -> Result<&Snapshot<M>, StoreError> {
+        self.slots
+            .get(usize::from(slot.0))
+            .and_then(Option::as_ref)
+            .ok_or(StoreError::EmptySlot { store: NAME, slot })
+    }
+
+    fn put(&mut self, slot: SlotId, snapshot: Option<Snapshot<M>>) {
+        let index = usize::from(slot.0);
+        if self.slots.len() <= index {
+            self.slots.resize_with(index + 1, || None);
+        }
+        self.slots[index] = snapshot;
+    }
 }
 
 impl<M: Module> StateStore<M> for DeviceStore<M> {
@@ -71,11 +94,38 @@ impl<M: Module> StateStore<M> for DeviceStore<M> {
     }
 
     fn save(&mut self, model: &M, optim: &ModuleOptimizer) -> Result<(), StoreError> {
-        self.snapshot = Some(Snapshot {
+        self.saves += 1;
+        let snapshot = Snapshot {
+            generation: self.saves,
             running: RunningStateSnapshot::capture(model),
             model: model.clone(),
             optim: optim.clone(),
-        });
+        };
+        self.put(SlotId::CURRENT, Some(snapshot));
+        Ok(())
+    }
+
+    fn copy(&mut self, from: SlotId, to: SlotId) -> Result<(), StoreError> {
+        let snapshot = self.get(from)?.clone();
+        self.put(to, Some(snapshot));
+        Ok(())
+    }
+
+    fn rewind(
+        &mut self,
+        slot: SlotId,
+        rejected_model: M,
+        rejected_optim: ModuleOptimizer,
+    ) -> Result<(M, ModuleOptimizer), StoreError> {
+        let snapshot = self.get(slot)?.clone();
+        self.put(SlotId::CURRENT, Some(snapshot));
+        self.restore(rejected_model, rejected_optim)
+    }
+
+    fn release(&mut self, slot: SlotId) -> Result<(), StoreError> {
+        if usize::from(slot.0) < self.slots.len() {
+            self.put(slot, None);
+        }
         Ok(())
     }
 
@@ -84,10 +134,7 @@ impl<M: Module> StateStore<M> for DeviceStore<M> {
         rejected_model: M,
         rejected_optim: ModuleOptimizer,
     ) -> Result<(M, ModuleOptimizer), StoreError> {
-        let snapshot = self
-            .snapshot
-            .as_ref()
-            .ok_or(StoreError::Empty { store: NAME })?;
+        let snapshot = self.get(SlotId::CURRENT)?;
         // The rejected proposal shares the running statistics with the snapshot; restoring
         // through the snapshot's clone writes the shared values, and drops the rejected step's
         // pending update first.
@@ -98,16 +145,21 @@ impl<M: Module> StateStore<M> for DeviceStore<M> {
     }
 
     fn memory(&self) -> StoreMemory {
-        let Some(snapshot) = &self.snapshot else {
-            return StoreMemory::default();
-        };
-        let parameters = tensors::capture_handles(&snapshot.model, Selection::All).bytes()
-            - tensors::capture_handles(&snapshot.model, Selection::Buffers).bytes();
-        StoreMemory {
-            device_private: snapshot.running.bytes(),
-            device_shared: parameters + optimizer_state_bytes(&snapshot.optim),
-            host: 0,
-            copy_pending: false,
+        // Each slot holding a distinct state keeps its own parameters and optimizer state alive;
+        // slots holding the same state (a retain right after a save) share them.
+        let mut seen: Vec<u64> = Vec::new();
+        let mut memory = StoreMemory::default();
+        for snapshot in self.slots.iter().flatten() {
+            memory.device_private += snapshot.running.bytes();
+            if seen.contains(&snapshot.generation) {
+                continue;
+            }
+            seen.push(snapshot.generation);
+            let parameters = tensors::capture_handles(&snapshot.model, Selection::All).bytes()
+                - tensors::capture_handles(&snapshot.model, Selection::Buffers).bytes();
+            memory.device_shared += parameters + optimizer_state_bytes(&snapshot.optim);
         }
+        memory.snapshots = self.slots.iter().flatten().count();
+        memory
     }
 }

@@ -9,6 +9,8 @@ use burn::optim::{ModuleOptimizer, OptimizerRecord};
 use burn::tensor::kind::BridgeTensor;
 use burn::tensor::{Bytes, TensorData};
 
+use stab_core::SlotId;
+
 use super::{StateStore, StoreMemory};
 use crate::error::StoreError;
 use crate::fingerprint::read_tensor;
@@ -38,6 +40,9 @@ pub struct HostStore<M> {
     shared: Arc<Shared>,
     worker: Option<JoinHandle<()>>,
     requested: u64,
+    /// The ring's older snapshots, by slot (index 0 unused: the current one lives in `shared`).
+    /// Finished host snapshots are immutable and shared by `Arc`.
+    kept: Vec<Option<Arc<HostSnapshot>>>,
     _model: PhantomData<fn() -> M>,
 }
 
@@ -116,6 +121,7 @@ impl<M: Module> HostStore<M> {
             shared,
             worker: Some(worker),
             requested: 0,
+            kept: Vec::new(),
             _model: PhantomData,
         })
     }
@@ -150,6 +156,55 @@ impl<M: Module> HostStore<M> {
         }
         Ok(slot)
     }
+
+    /// The finished snapshot of the last save.
+    fn current(&self) -> Result<Arc<HostSnapshot>, StoreError> {
+        let slot = self.wait_for_last_save()?;
+        slot.snapshot.clone().ok_or(StoreError::Empty { store: NAME })
+    }
+
+    fn kept(&self, slot: SlotId) -> Result<Arc<HostSnapshot>, StoreError> {
+        if slot == SlotId::CURRENT {
+            return self.current();
+        }
+        self.kept
+            .get(usize::from(slot.0))
+            .cloned()
+            .flatten()
+            .ok_or(StoreError::EmptySlot { store: NAME, slot })
+    }
+
+    fn keep(&mut self, slot: SlotId, snapshot: Option<Arc<HostSnapshot>>) {
+        let index = usize::from(slot.0);
+        if self.kept.len() <= index {
+            self.kept.resize_with(index + 1, || None);
+        }
+        self.kept[index] = snapshot;
+    }
+}
+
+/// Uploads a host snapshot into the rejected module's structure and optimizer configuration.
+fn restore_from<M: Module>(
+    snapshot: &HostSnapshot,
+    rejected_model: M,
+    rejected_optim: ModuleOptimizer,
+) -> Result<(M, ModuleOptimizer), StoreError> {
+    // Deserialize and check the optimizer before writing anything into the module.
+    let record = OptimizerRecord::from_bytes(snapshot.optim_bytes.clone())
+        .map_err(|e| record_error("deserialize", &e))?;
+    let optim = rejected_optim.load_record(record);
+    let (tensors, scalars) = count_optimizer_state(&optim)?;
+    if (tensors, scalars) != (snapshot.optim_tensors, snapshot.optim_scalars) {
+        return Err(StoreError::OptimizerStateLost {
+            expected_tensors: snapshot.optim_tensors,
+            actual_tensors: tensors,
+            expected_scalars: snapshot.optim_scalars,
+            actual_scalars: scalars,
+        });
+    }
+    tensors::sync_running_states(&rejected_model);
+    let model = tensors::restore_into(rejected_model, &snapshot.tensors)?;
+    Ok((model, optim))
 }
 
 impl<M: Module> StateStore<M> for HostStore<M> {
@@ -188,28 +243,40 @@ impl<M: Module> StateStore<M> for HostStore<M> {
         rejected_model: M,
         rejected_optim: ModuleOptimizer,
     ) -> Result<(M, ModuleOptimizer), StoreError> {
-        let snapshot = {
-            let slot = self.wait_for_last_save()?;
-            slot.snapshot
-                .clone()
-                .ok_or(StoreError::Empty { store: NAME })?
-        };
-        // Deserialize and check the optimizer before writing anything into the module.
-        let record = OptimizerRecord::from_bytes(snapshot.optim_bytes.clone())
-            .map_err(|e| record_error("deserialize", &e))?;
-        let optim = rejected_optim.load_record(record);
-        let (tensors, scalars) = count_optimizer_state(&optim)?;
-        if (tensors, scalars) != (snapshot.optim_tensors, snapshot.optim_scalars) {
-            return Err(StoreError::OptimizerStateLost {
-                expected_tensors: snapshot.optim_tensors,
-                actual_tensors: tensors,
-                expected_scalars: snapshot.optim_scalars,
-                actual_scalars: scalars,
-            });
+        let snapshot = self.current()?;
+        restore_from(&snapshot, rejected_model, rejected_optim)
+    }
+
+    fn copy(&mut self, from: SlotId, to: SlotId) -> Result<(), StoreError> {
+        // Copying the current state waits for its background copy (once every few accepted
+        // steps, at the ring's cadence).
+        let snapshot = self.kept(from)?;
+        if to == SlotId::CURRENT {
+            self.shared.lock().snapshot = Some(snapshot);
+        } else {
+            self.keep(to, Some(snapshot));
         }
-        tensors::sync_running_states(&rejected_model);
-        let model = tensors::restore_into(rejected_model, &snapshot.tensors)?;
-        Ok((model, optim))
+        Ok(())
+    }
+
+    fn rewind(
+        &mut self,
+        slot: SlotId,
+        rejected_model: M,
+        rejected_optim: ModuleOptimizer,
+    ) -> Result<(M, ModuleOptimizer), StoreError> {
+        let snapshot = self.kept(slot)?;
+        // The copy of the last save has landed (kept() waited, or `slot` is older): nothing in
+        // flight can overwrite the rewound snapshot.
+        self.wait_for_last_save()?.snapshot = Some(Arc::clone(&snapshot));
+        restore_from(&snapshot, rejected_model, rejected_optim)
+    }
+
+    fn release(&mut self, slot: SlotId) -> Result<(), StoreError> {
+        if slot != SlotId::CURRENT && usize::from(slot.0) < self.kept.len() {
+            self.keep(slot, None);
+        }
+        Ok(())
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -219,6 +286,13 @@ impl<M: Module> StateStore<M> for HostStore<M> {
     fn memory(&self) -> StoreMemory {
         let slot = self.shared.lock();
         let copy_pending = slot.completed < self.requested && !slot.worker_gone;
+        // Slots sharing one host snapshot count it once.
+        let mut distinct: Vec<&Arc<HostSnapshot>> = Vec::new();
+        for snapshot in slot.snapshot.iter().chain(self.kept.iter().flatten()) {
+            if !distinct.iter().any(|s| Arc::ptr_eq(s, snapshot)) {
+                distinct.push(snapshot);
+            }
+        }
         StoreMemory {
             device_private: if copy_pending {
                 slot.in_flight_bytes
@@ -226,8 +300,9 @@ impl<M: Module> StateStore<M> for HostStore<M> {
                 0
             },
             device_shared: 0,
-            host: slot.snapshot.as_ref().map_or(0, |s| s.host_bytes),
+            host: distinct.iter().map(|s| s.host_bytes).sum(),
             copy_pending,
+            snapshots: usize::from(slot.snapshot.is_some()) + self.kept.iter().flatten().count(),
         }
     }
 }

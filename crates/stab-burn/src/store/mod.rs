@@ -17,6 +17,7 @@ mod host;
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use serde::{Deserialize, Serialize};
+use stab_core::SlotId;
 
 pub use device::DeviceStore;
 pub use host::HostStore;
@@ -51,6 +52,32 @@ pub trait StateStore<M: Module>: Send {
         rejected_model: M,
         rejected_optim: ModuleOptimizer,
     ) -> Result<(M, ModuleOptimizer), StoreError>;
+
+    /// Makes slot `to` hold the snapshot of slot `from` (the step protocol's snapshot ring;
+    /// [`SlotId::CURRENT`] is the last accepted state). Snapshots are immutable, so a store may
+    /// share rather than copy.
+    ///
+    /// # Errors
+    /// [`StoreError::EmptySlot`] if `from` holds nothing; store-specific failures.
+    fn copy(&mut self, from: SlotId, to: SlotId) -> Result<(), StoreError>;
+
+    /// Makes [`SlotId::CURRENT`] hold the snapshot of `slot` and restores it exactly, like
+    /// [`StateStore::restore`]: the state to continue from after a rewind.
+    ///
+    /// # Errors
+    /// [`StoreError::EmptySlot`], or a validation error (then nothing has been written).
+    fn rewind(
+        &mut self,
+        slot: SlotId,
+        rejected_model: M,
+        rejected_optim: ModuleOptimizer,
+    ) -> Result<(M, ModuleOptimizer), StoreError>;
+
+    /// Frees a slot.
+    ///
+    /// # Errors
+    /// Store-specific.
+    fn release(&mut self, slot: SlotId) -> Result<(), StoreError>;
 
     /// Waits until any background copy of the last save has finished (benchmarks, reports,
     /// shutdown). The default does nothing.
@@ -104,6 +131,8 @@ pub struct StoreMemory {
     pub host: u64,
     /// `true` while a background copy is still running.
     pub copy_pending: bool,
+    /// Slots holding a snapshot (the last accepted state and the ring's older ones).
+    pub snapshots: usize,
 }
 
 /// Bytes of the optimizer's state tensors (reads them to the host to count them).

@@ -18,6 +18,10 @@ impl GradientAgreementSignal {
 }
 
 impl InnovationSignal for GradientAgreementSignal {
+    fn clone_box(&self) -> Box<dyn InnovationSignal> {
+        Box::new(self.clone())
+    }
+
     fn name(&self) -> &'static str {
         "gradient-agreement"
     }

@@ -39,6 +39,10 @@ pub trait InnovationSignal: Debug + Send {
     /// The proposal measured `measurement` was accepted: fold it into the history.
     fn accept(&mut self, measurement: f64);
 
+    /// A copy of the signal with its history, kept with each snapshot so that a rewind brings the
+    /// controller's state back together with the model's (`Box::new(self.clone())`).
+    fn clone_box(&self) -> Box<dyn InnovationSignal>;
+
     /// The proposal measured `measurement` was rejected. The default does nothing, which is what
     /// every signal here wants: the history holds accepted measurements only.
     fn reject(&mut self, measurement: f64) {

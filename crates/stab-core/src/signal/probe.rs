@@ -17,6 +17,10 @@ impl ProbeSignal {
 }
 
 impl InnovationSignal for ProbeSignal {
+    fn clone_box(&self) -> Box<dyn InnovationSignal> {
+        Box::new(self.clone())
+    }
+
     fn name(&self) -> &'static str {
         "probe"
     }

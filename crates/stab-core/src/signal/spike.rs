@@ -63,6 +63,10 @@ impl SpikeSignal {
 }
 
 impl InnovationSignal for SpikeSignal {
+    fn clone_box(&self) -> Box<dyn InnovationSignal> {
+        Box::new(self.clone())
+    }
+
     fn name(&self) -> &'static str {
         self.name
     }

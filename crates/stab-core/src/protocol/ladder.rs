@@ -1,0 +1,122 @@
+//! The escalation ladder: which recovery action fires when rejections keep coming, and how it
+//! steps back down.
+
+use crate::config::{LadderConfig, Rung};
+
+/// The ladder's state: the rung reached, rejections since the last acceptance or rung, accepted
+/// steps since the last rung, and where the last rewind went (a later rewind goes further back
+/// until the ladder has cooled down).
+#[derive(Debug, Clone)]
+pub(crate) struct Ladder {
+    config: LadderConfig,
+    level: u32,
+    rejections: u64,
+    accepted: u64,
+    last_rewind: Option<u64>,
+}
+
+impl Ladder {
+    pub fn new(config: &LadderConfig) -> Self {
+        Self {
+            config: config.clone(),
+            level: 0,
+            rejections: 0,
+            accepted: 0,
+            last_rewind: None,
+        }
+    }
+
+    /// Rungs fired and not yet cooled down.
+    pub fn level(&self) -> u32 {
+        self.level
+    }
+
+    /// Where the last rewind went, while the ladder has not cooled down.
+    pub fn last_rewind(&self) -> Option<u64> {
+        self.last_rewind
+    }
+
+    pub fn note_rewind(&mut self, position: u64) {
+        self.last_rewind = Some(self.last_rewind.map_or(position, |p| p.min(position)));
+    }
+
+    /// An accepted step: the rejection count restarts; after `cooldown` of them in a row the
+    /// ladder steps down one rung.
+    pub fn on_accept(&mut self) {
+        self.rejections = 0;
+        self.accepted += 1;
+        if self.level > 0 && self.accepted >= self.config.cooldown {
+            self.level -= 1;
+            self.accepted = 0;
+            if self.level == 0 {
+                self.last_rewind = None;
+            }
+        }
+    }
+
+    /// A rejected step: `true` when it completes `rejections_per_rung` in a row and a rung must
+    /// fire.
+    pub fn on_reject(&mut self) -> bool {
+        self.accepted = 0;
+        self.rejections += 1;
+        if self.rejections >= self.config.rejections_per_rung {
+            self.rejections = 0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Climbs one rung: its level (1-based) and kind, or `None` when the ladder is exhausted.
+    pub fn climb(&mut self) -> Option<(u32, Rung)> {
+        self.accepted = 0;
+        self.rejections = 0;
+        self.level = self.level.saturating_add(1);
+        let index = usize::try_from(self.level - 1).ok()?;
+        self.config.rungs.get(index).map(|&rung| (self.level, rung))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ladder() -> Ladder {
+        Ladder::new(&LadderConfig {
+            enabled: true,
+            rejections_per_rung: 2,
+            rungs: vec![Rung::Rewind, Rung::ResetOptimizer],
+            cooldown: 3,
+        })
+    }
+
+    #[test]
+    fn fires_every_r_rejections_and_runs_out() {
+        let mut l = ladder();
+        assert!(!l.on_reject());
+        assert!(l.on_reject());
+        assert_eq!(l.climb(), Some((1, Rung::Rewind)));
+        assert!(!l.on_reject());
+        assert!(l.on_reject());
+        assert_eq!(l.climb(), Some((2, Rung::ResetOptimizer)));
+        assert_eq!(l.climb(), None);
+    }
+
+    #[test]
+    fn an_acceptance_restarts_the_count_and_cooldown_steps_down() {
+        let mut l = ladder();
+        l.on_reject();
+        l.on_accept();
+        assert!(!l.on_reject(), "the count restarted");
+        l.climb();
+        l.note_rewind(40);
+        l.note_rewind(50);
+        assert_eq!(l.last_rewind(), Some(40), "rewinds only go further back");
+        l.on_accept();
+        l.on_accept();
+        assert_eq!(l.level(), 1);
+        l.on_accept();
+        assert_eq!(l.level(), 0);
+        assert_eq!(l.last_rewind(), None);
+    }
+}
