@@ -156,7 +156,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
         let r = &step.report;
         let action = match r.action {
-            StepAction::RolledBack => format!(
+            StepAction::Restore => format!(
                 "ROLLED BACK ({})",
                 r.decision()
                     .and_then(|d| d.rejection_reason())

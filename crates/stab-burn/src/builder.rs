@@ -117,8 +117,9 @@ impl<M: Module + 'static> GuardBuilder<M> {
             self.probe,
             self.agreement,
             self.observers,
-        );
-        guard.start(model, initial)?;
+            initial,
+        )?;
+        guard.start(model)?;
         Ok(guard)
     }
 }

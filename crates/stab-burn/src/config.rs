@@ -5,18 +5,10 @@ use stab_core::{ConfigError, ControllerConfig, SignalKind};
 
 use crate::store::StoreKind;
 
-/// Whether the guard acts on its decisions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum GuardMode {
-    /// Algorithm 1: commit accepted proposals, roll rejected ones back.
-    #[default]
-    Enforce,
-    /// Measure and decide exactly as `Enforce` would, but keep every proposal and take no
-    /// snapshot: the unguarded baseline, with the same measurements and records (and the same
-    /// probe cost) as the guarded run.
-    Observe,
-}
+/// Whether the guard acts on its decisions: stab-core's [`stab_core::Mode`] (`Enforce`, the
+/// default, or `Observe`: measure and decide exactly as `Enforce` would, keep every proposal, take
+/// no snapshot).
+pub type GuardMode = stab_core::Mode;
 
 /// Everything a [`crate::Guard`] needs to know, serde-friendly for experiment configuration.
 ///
@@ -30,7 +22,8 @@ pub enum GuardMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GuardConfig {
-    /// ε, α, the signal, the probe interval, the escalation limit.
+    /// ε, α, the signal, the probe interval, drift detection, the gradient gate, the snapshot
+    /// ring and the escalation ladder.
     pub controller: ControllerConfig,
     /// Where the last accepted state is kept.
     pub store: StoreKind,
@@ -76,6 +69,16 @@ impl GuardConfig {
     /// Sets the probe interval k (shortcut for the controller's).
     pub fn with_probe_interval(mut self, interval: u64) -> Self {
         self.controller.probe_interval = interval;
+        self
+    }
+    /// Turns the pre-step gradient gate on or off (shortcut for the controller's).
+    pub fn with_gradient_gate(mut self, enabled: bool) -> Self {
+        self.controller.gate.enabled = enabled;
+        self
+    }
+    /// Turns drift detection on or off (shortcut for the controller's).
+    pub fn with_drift_detection(mut self, enabled: bool) -> Self {
+        self.controller.drift.enabled = enabled;
         self
     }
     /// Sets the store.

@@ -221,7 +221,7 @@ pub enum DeviceError {
 pub enum GuardError {
     /// The controller configuration is invalid, or the initial measurement is not finite.
     #[error(transparent)]
-    Controller(#[from] StabError),
+    Controller(StabError),
     /// The runtime safety monitor found a broken guarantee.
     #[error("safety invariant violated: {0}")]
     Safety(#[from] SafetyViolation),
@@ -279,4 +279,16 @@ pub enum GuardError {
     /// An observer could not record a step.
     #[error(transparent)]
     Observer(#[from] ObserverError),
+}
+
+impl From<StabError> for GuardError {
+    /// Safety violations and observer failures keep their own variants, whichever layer found
+    /// them; everything else the controller reports is [`GuardError::Controller`].
+    fn from(error: StabError) -> Self {
+        match error {
+            StabError::Safety(violation) => Self::Safety(violation),
+            StabError::Observer(observer) => Self::Observer(observer),
+            other => Self::Controller(other),
+        }
+    }
 }

@@ -4,16 +4,19 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer, OptimizerRecord};
 use burn::tensor::Tensor;
-use stab_core::{Controller, Counters, SafetyMonitor, SafetyViolation, SignalKind, StepObserver};
+use stab_core::{
+    Completion, Controller, Counters, Directive, RingUpdate, SignalKind, SlotId, StabError,
+    StepObserver, StepPlan, StepProtocol,
+};
 
 use crate::builder::GuardBuilder;
 use crate::config::{GuardConfig, GuardMode};
 use crate::error::{GuardError, ProbeError, StoreError};
 use crate::fingerprint::state_fingerprint;
 use crate::probe::Measure;
-use crate::report::{GuardedStep, StepAction, StepReport, StepTimings};
+use crate::report::{GuardedStep, StepReport, StepTimings};
 use crate::signals::{gradient_cosine, gradient_norm, reference_gradients};
 use crate::store::{StateStore, StoreMemory};
 
@@ -50,20 +53,26 @@ impl StepInputs {
 
 pub(crate) type ReferenceLoss<M> = Box<dyn Fn(&M) -> Tensor<1> + Send>;
 
-/// A guard around Burn's [`ModuleOptimizer`]: runs each optimizer step under Algorithm 1.
+/// A guard around Burn's [`ModuleOptimizer`]: runs each optimizer step under stab-core's
+/// [`StepProtocol`] (Algorithm 1 with drift detection, a gradient gate, a snapshot ring and an
+/// escalation ladder).
 ///
-/// [`Guard::step`] replaces `optim.step(lr, model, grads)`: the optimizer proposes, the
-/// configured signal measures the proposal, stab-core's [`Controller`] decides, and the guard
-/// either commits (and snapshots) the proposal or restores the last accepted model *and*
-/// optimizer state, BatchNorm running statistics included. The safety monitor checks every
-/// decision; with [`GuardConfig::verify_restores`] it also checks, bit for bit, that every
-/// restore brings back the last accepted state.
+/// [`Guard::step`] replaces `optim.step(lr, model, grads)`: the gate looks at the gradient's
+/// norm, the optimizer proposes, the configured signal measures the proposal, the protocol
+/// decides, and the guard obeys: it commits (and snapshots) the proposal, restores the last
+/// accepted model *and* optimizer state (BatchNorm running statistics included), rewinds to an
+/// older snapshot of the ring, or clears the optimizer's state. The safety monitor checks every
+/// decision; with [`GuardConfig::verify_restores`] every restore and rewind is also checked bit
+/// for bit against the fingerprint taken when the state was saved. When the ladder is exhausted
+/// the step returns [`StabError::RecoveryExhausted`] (inside [`GuardError::Controller`]) and
+/// [`Guard::take_last_accepted`] hands the last accepted model back.
 ///
 /// # What a rejection does not rewind
 /// The guarantees concern θ and O only. A learning-rate scheduler has already advanced (the
 /// step index counts proposals, rejected ones included); the data loader has consumed the batch
-/// (a rejected batch is skipped, not retried); random number generators (dropout masks, data
-/// augmentation) have moved on. Rewinding them would replay the same failure deterministically.
+/// (a rejected batch is skipped, not retried; a rewind skips every batch since the restored
+/// snapshot); random number generators (dropout masks, data augmentation) have moved on.
+/// Rewinding them would replay the same failure deterministically.
 ///
 /// # Measurements by signal
 /// | signal | measurement | taken |
@@ -84,11 +93,9 @@ pub struct Guard<M: Module> {
     store: Box<dyn StateStore<M>>,
     probe: Option<Box<dyn Measure<M>>>,
     agreement: Option<ReferenceLoss<M>>,
-    controller: Option<Controller>,
-    monitor: Option<SafetyMonitor>,
+    protocol: StepProtocol,
     observers: Vec<Box<dyn StepObserver + Send>>,
-    last_accepted: Option<u64>,
-    step: u64,
+    last_accepted: Option<M>,
 }
 
 impl<M: Module> std::fmt::Debug for Guard<M> {
@@ -96,8 +103,7 @@ impl<M: Module> std::fmt::Debug for Guard<M> {
         f.debug_struct("Guard")
             .field("config", &self.config)
             .field("store", &self.store.name())
-            .field("controller", &self.controller)
-            .field("step", &self.step)
+            .field("protocol", &self.protocol)
             .finish_non_exhaustive()
     }
 }
@@ -108,7 +114,7 @@ impl<M: Module + 'static> Guard<M> {
         GuardBuilder::new(config)
     }
 
-    /// A guard that has not started: no controller, nothing saved.
+    /// A guard that has not started: nothing saved.
     pub(crate) fn from_parts(
         config: GuardConfig,
         optim: ModuleOptimizer,
@@ -116,39 +122,36 @@ impl<M: Module + 'static> Guard<M> {
         probe: Option<Box<dyn Measure<M>>>,
         agreement: Option<ReferenceLoss<M>>,
         observers: Vec<Box<dyn StepObserver + Send>>,
-    ) -> Self {
-        Self {
+        initial: Option<f64>,
+    ) -> Result<Self, GuardError> {
+        let mut protocol =
+            StepProtocol::new(&config.controller, config.mode, initial)?.with_optimizer_reset(true);
+        if !config.monitor {
+            protocol = protocol.without_monitor();
+        }
+        Ok(Self {
             config,
             optim,
             store,
             probe,
             agreement,
-            controller: None,
-            monitor: None,
+            protocol,
             observers,
             last_accepted: None,
-            step: 0,
-        }
+        })
     }
 
-    /// Starts the controller at `initial` (if known) and saves `model` as the first accepted
-    /// state.
-    pub(crate) fn start(&mut self, model: &M, initial: Option<f64>) -> Result<(), GuardError> {
-        if let Some(y0) = initial {
-            self.start_controller(y0)?;
-        }
-        if self.config.mode == GuardMode::Enforce {
-            self.store
-                .save(model, &self.optim)
-                .map_err(|source| GuardError::Store {
-                    operation: "save",
-                    step: 0,
-                    source,
-                })?;
-            if self.config.verify_restores {
-                self.last_accepted = Some(self.fingerprint(0, model)?);
+    /// Saves `model` as the first accepted state (and the first entry of every ring level).
+    pub(crate) fn start(&mut self, model: &M) -> Result<(), GuardError> {
+        let directive = self.protocol.start()?;
+        let fingerprint = match directive {
+            Directive::Commit(update) => {
+                self.commit(0, model, &update)?;
+                self.fingerprint_if_verifying(0, model)?
             }
-        }
+            _ => None,
+        };
+        self.protocol.complete(Completion { fingerprint })?;
         Ok(())
     }
 
@@ -171,8 +174,10 @@ impl<M: Module + 'static> Guard<M> {
     /// A non-finite measurement is a rejection with its own reason, not an error.
     ///
     /// # Errors
-    /// A missing input, a failing probe, signal, store or observer, or a safety violation. An
-    /// error ends the run: `model` has been consumed; the last accepted state stays in the store.
+    /// A missing input, a failing probe, signal, store or observer, a safety violation, or
+    /// [`StabError::RecoveryExhausted`] when the escalation ladder has run out (then
+    /// [`Guard::take_last_accepted`] holds the last accepted model). An error ends the run:
+    /// `model` has been consumed; the last accepted state stays in the store.
     pub fn step_with(
         &mut self,
         lr: impl Into<ModuleLearningRate>,
@@ -180,90 +185,73 @@ impl<M: Module + 'static> Guard<M> {
         grads: GradientsParams,
         inputs: StepInputs,
     ) -> Result<GuardedStep<M>, GuardError> {
-        let step = self.step;
-        self.step += 1;
+        let step = self.protocol.next_step();
         let mut timings = StepTimings::default();
-        let measured = (step + 1).is_multiple_of(self.config.controller.probe_interval);
         let clock = Instant::now();
-        let before = if measured {
-            self.measure_before(step, &model, &grads, inputs)?
-        } else {
-            None
-        };
+        let gradient_norm = self.gate_input(step, &model, &grads)?;
         timings.measure = clock.elapsed();
 
-        let clock = Instant::now();
-        let proposal = self.optim.step(lr, model, grads);
-        timings.optimizer = clock.elapsed();
-        if !measured {
-            return Ok(GuardedStep {
-                model: proposal,
-                report: StepReport {
-                    step,
-                    action: StepAction::Unprobed,
-                    record: None,
-                    counters: self.counters(),
-                    timings,
-                },
-            });
-        }
+        let (model, directive) = match self.protocol.begin_step(gradient_norm)? {
+            StepPlan::Skip => (model, Directive::Keep),
+            StepPlan::Propose { measure } => {
+                let clock = Instant::now();
+                let before = if measure {
+                    self.measure_before(step, &model, &grads, gradient_norm, inputs)?
+                } else {
+                    None
+                };
+                timings.measure += clock.elapsed();
+
+                let clock = Instant::now();
+                let proposal = self.optim.step(lr, model, grads);
+                timings.optimizer = clock.elapsed();
+
+                let clock = Instant::now();
+                let measurement = match (measure, before) {
+                    (false, _) => None,
+                    (true, Some(y)) => Some(y),
+                    (true, None) => Some(self.probe_proposal(step, &proposal)?),
+                };
+                timings.measure += clock.elapsed();
+                (proposal, self.protocol.decide(measurement)?)
+            }
+        };
 
         let clock = Instant::now();
-        let measurement = match before {
-            Some(y) => y,
-            None => self.probe_proposal(step, &proposal)?,
+        let phase = match directive {
+            Directive::Keep => None,
+            Directive::Commit(_) => Some(&mut timings.snapshot),
+            _ => Some(&mut timings.restore),
         };
-        timings.measure += clock.elapsed();
-        let Some(controller) = self.controller.as_mut() else {
-            // A signal that starts from its first measurement: this one is y(θ₀).
-            self.start_controller(measurement)?;
-            if self.config.mode == GuardMode::Enforce {
-                let clock = Instant::now();
-                self.commit(step, &proposal)?;
-                timings.snapshot = clock.elapsed();
-            }
-            return Ok(GuardedStep {
-                model: proposal,
-                report: StepReport {
-                    step,
-                    action: StepAction::Calibrated,
-                    record: None,
-                    counters: self.counters(),
-                    timings,
-                },
-            });
+        let keep = phase.is_none();
+        let model = self.obey(step, directive, model)?;
+        let verified = if keep {
+            None
+        } else {
+            self.fingerprint_if_verifying(step, &model)?
         };
-        let mut record = controller.decide(measurement);
-        record.step = step;
-        if let Some(monitor) = &mut self.monitor {
-            monitor.check_decision(&record)?;
+        if let Some(phase) = phase {
+            *phase = clock.elapsed();
         }
-        let accepted = record.decision.is_accepted();
-        let (model, action) = match (accepted, self.config.mode) {
-            (false, GuardMode::Observe) => (proposal, StepAction::Observed),
-            (true, GuardMode::Observe) => (proposal, StepAction::Committed),
-            (true, GuardMode::Enforce) => {
-                let clock = Instant::now();
-                self.commit(step, &proposal)?;
-                timings.snapshot = clock.elapsed();
-                (proposal, StepAction::Committed)
+        let completed = self.protocol.complete(Completion {
+            fingerprint: verified,
+        })?;
+        if let Some(record) = &completed.record {
+            for observer in &mut self.observers {
+                observer.on_step(record)?;
             }
-            (false, GuardMode::Enforce) => {
-                let clock = Instant::now();
-                let restored = self.roll_back(step, proposal)?;
-                timings.restore = clock.elapsed();
-                (restored, StepAction::RolledBack)
-            }
-        };
-        for observer in &mut self.observers {
-            observer.on_step(&record)?;
+        }
+        if let Some(exhausted) = self.protocol.exhausted() {
+            let error = StabError::RecoveryExhausted(Box::new(exhausted.clone()));
+            self.last_accepted = Some(model);
+            return Err(error.into());
         }
         Ok(GuardedStep {
             model,
             report: StepReport {
                 step,
-                action,
-                record: Some(record),
+                action: completed.action,
+                record: completed.record,
                 counters: self.counters(),
                 timings,
             },
@@ -280,23 +268,31 @@ impl<M: Module + 'static> Guard<M> {
         self.optim
     }
 
+    /// The last accepted model, after the escalation ladder ran out
+    /// ([`StabError::RecoveryExhausted`]); the optimizer holds its state.
+    pub fn take_last_accepted(&mut self) -> Option<M> {
+        self.last_accepted.take()
+    }
+
     /// The decision counters so far (all zero before the first decision).
     pub fn counters(&self) -> Counters {
-        self.controller
-            .as_ref()
-            .map(Controller::counters)
-            .unwrap_or_default()
+        self.protocol.counters()
     }
 
     /// The current reference ŷ, once the controller has started.
     pub fn reference(&self) -> Option<f64> {
-        self.controller.as_ref().map(Controller::reference)
+        self.protocol.reference()
     }
 
     /// The controller, once started (the probe signal starts it at build time, the others at
     /// their first measured step).
     pub fn controller(&self) -> Option<&Controller> {
-        self.controller.as_ref()
+        self.protocol.controller()
+    }
+
+    /// The step protocol: ladder level, drift statistic, snapshot slots.
+    pub fn protocol(&self) -> &StepProtocol {
+        &self.protocol
     }
 
     /// The configuration.
@@ -306,7 +302,7 @@ impl<M: Module + 'static> Guard<M> {
 
     /// Index of the next step.
     pub fn next_step(&self) -> u64 {
-        self.step
+        self.protocol.next_step()
     }
 
     /// Measures `model` with the guard's probe, if it has one, whatever the signal: for logging
@@ -323,9 +319,25 @@ impl<M: Module + 'static> Guard<M> {
         self.store.as_ref()
     }
 
-    /// What the snapshot costs in memory (reads the optimizer state to count it).
+    /// What the snapshots cost in memory (reads the optimizer state to count it).
     pub fn store_memory(&self) -> StoreMemory {
         self.store.memory()
+    }
+
+    /// The gradient's norm when the gate (enforce mode) or the gradient-norm signal needs it.
+    fn gate_input(
+        &self,
+        step: u64,
+        model: &M,
+        grads: &GradientsParams,
+    ) -> Result<Option<f64>, GuardError> {
+        let gate = self.config.controller.gate.enabled && self.config.mode == GuardMode::Enforce;
+        if !gate {
+            return Ok(None);
+        }
+        gradient_norm(grads, model)
+            .map(Some)
+            .map_err(|source| GuardError::Signal { step, source })
     }
 
     /// The signal's measurement when it is computed from the step's inputs, before the step.
@@ -334,6 +346,7 @@ impl<M: Module + 'static> Guard<M> {
         step: u64,
         model: &M,
         grads: &GradientsParams,
+        gradient_norm_known: Option<f64>,
         inputs: StepInputs,
     ) -> Result<Option<f64>, GuardError> {
         let signal = self.config.controller.signal;
@@ -350,9 +363,10 @@ impl<M: Module + 'static> Guard<M> {
                         input: "training_loss",
                     })
             }
-            SignalKind::GradientNormSpike => {
-                gradient_norm(grads, model).map(Some).map_err(signal_error)
-            }
+            SignalKind::GradientNormSpike => match gradient_norm_known {
+                Some(norm) => Ok(Some(norm)),
+                None => gradient_norm(grads, model).map(Some).map_err(signal_error),
+            },
             SignalKind::GradientAgreement => {
                 let reference = match (inputs.reference_grads, &self.agreement) {
                     (Some(reference), _) => reference,
@@ -385,59 +399,83 @@ impl<M: Module + 'static> Guard<M> {
             .map_err(|source| GuardError::Probe { step, source })
     }
 
-    fn start_controller(&mut self, y0: f64) -> Result<(), GuardError> {
-        let controller = Controller::from_config(&self.config.controller, y0)?;
-        if self.config.monitor {
-            self.monitor = Some(SafetyMonitor::new(y0));
+    fn store_error(operation: &'static str, step: u64) -> impl FnOnce(StoreError) -> GuardError {
+        move |source| GuardError::Store {
+            operation,
+            step,
+            source,
         }
-        self.controller = Some(controller);
-        Ok(())
     }
 
-    fn commit(&mut self, step: u64, proposal: &M) -> Result<(), GuardError> {
+    fn commit(&mut self, step: u64, model: &M, update: &RingUpdate) -> Result<(), GuardError> {
         self.store
-            .save(proposal, &self.optim)
-            .map_err(|source| GuardError::Store {
-                operation: "save",
-                step,
-                source,
-            })?;
-        if self.config.verify_restores {
-            self.last_accepted = Some(self.fingerprint(step, proposal)?);
+            .save(model, &self.optim)
+            .map_err(Self::store_error("save", step))?;
+        for &(from, to) in &update.promote {
+            self.store
+                .copy(from, to)
+                .map_err(Self::store_error("copy", step))?;
+        }
+        for &slot in &update.retain {
+            self.store
+                .copy(SlotId::CURRENT, slot)
+                .map_err(Self::store_error("copy", step))?;
         }
         Ok(())
     }
 
-    fn roll_back(&mut self, step: u64, proposal: M) -> Result<M, GuardError> {
-        let (model, optim) =
-            self.store
-                .restore(proposal, self.optim.clone())
-                .map_err(|source| GuardError::Store {
-                    operation: "restore",
-                    step,
-                    source,
-                })?;
-        self.optim = optim;
-        if let (true, Some(expected)) = (self.config.verify_restores, self.last_accepted) {
-            let actual = self.fingerprint(step, &model)?;
-            match &self.monitor {
-                Some(monitor) => monitor.check_restore(step, expected, actual)?,
-                None if expected != actual => {
-                    return Err(SafetyViolation::InexactRestore {
-                        step,
-                        expected,
-                        actual,
-                    }
-                    .into());
-                }
-                None => {}
+    /// Does what the protocol said; returns the model to continue from (the optimizer is
+    /// updated in place).
+    fn obey(&mut self, step: u64, directive: Directive, model: M) -> Result<M, GuardError> {
+        Ok(match directive {
+            Directive::Keep => model,
+            Directive::Commit(update) => {
+                self.commit(step, &model, &update)?;
+                model
             }
-        }
-        Ok(model)
+            Directive::Restore | Directive::Stop => {
+                let (model, optim) = self
+                    .store
+                    .restore(model, self.optim.clone())
+                    .map_err(Self::store_error("restore", step))?;
+                self.optim = optim;
+                model
+            }
+            Directive::ResetOptimizer => {
+                let (model, optim) = self
+                    .store
+                    .restore(model, self.optim.clone())
+                    .map_err(Self::store_error("restore", step))?;
+                // An empty record clears every parameter's state (moments, step counts); the
+                // optimizer's configuration and groups are kept.
+                self.optim = optim.load_record(OptimizerRecord::default());
+                self.store
+                    .save(&model, &self.optim)
+                    .map_err(Self::store_error("save", step))?;
+                model
+            }
+            Directive::Rewind { slot, release } => {
+                let (model, optim) = self
+                    .store
+                    .rewind(slot, model, self.optim.clone())
+                    .map_err(Self::store_error("rewind", step))?;
+                self.optim = optim;
+                for slot in release {
+                    self.store
+                        .release(slot)
+                        .map_err(Self::store_error("release", step))?;
+                }
+                model
+            }
+        })
     }
 
-    fn fingerprint(&self, step: u64, model: &M) -> Result<u64, GuardError> {
+    fn fingerprint_if_verifying(&self, step: u64, model: &M) -> Result<Option<u64>, GuardError> {
+        if !self.config.verify_restores {
+            return Ok(None);
+        }
         state_fingerprint(model, &self.optim)
+            .map(Some)
             .map_err(|source: StoreError| GuardError::Fingerprint { step, source })
     }
 }

@@ -3,25 +3,11 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use stab_core::{Counters, Decision, StepRecord};
+use stab_core::{Action, Counters, Decision, StepRecord};
 
-/// What the guard did with a proposal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StepAction {
-    /// Accepted: the proposal is the new state, and the new snapshot.
-    Committed,
-    /// Rejected: the last accepted state (parameters, optimizer, running statistics) is back.
-    RolledBack,
-    /// Not measured this step (probe interval > 1): the proposal is kept provisionally.
-    Unprobed,
-    /// The first measurement of a signal that starts from its first measured step (all but the
-    /// probe, unless an initial measurement was given): it becomes y(θ₀), the reference starts
-    /// there, and the proposal is committed undecided.
-    Calibrated,
-    /// Rejected, but kept because the guard only observes ([`crate::GuardMode::Observe`]).
-    Observed,
-}
+/// What the guard did with a proposal: stab-core's [`Action`] (commit, restore, rewind, reset
+/// the optimizer, skip a gated gradient, observe, calibrate, unprobed, stop).
+pub type StepAction = Action;
 
 /// The report of one guarded step: the decision with its measurement, innovation and
 /// reference (stab-core's [`StepRecord`]), what was done, and the running counters.
@@ -98,9 +84,10 @@ impl StepReport {
             .is_some_and(|r| !r.decision.is_accepted())
     }
 
-    /// `true` if the state was rolled back.
+    /// `true` if the proposal was discarded and a saved state brought back (restore, rewind,
+    /// optimizer reset, stop).
     pub fn rolled_back(&self) -> bool {
-        self.action == StepAction::RolledBack
+        self.action.discards_proposal()
     }
 }
 

@@ -13,10 +13,14 @@ use stab_core::RejectionReason;
 fn run_with(fault: FaultKind) {
     let device = common::training_device();
     let mut model = Net::new(&device);
-    let mut guard = Guard::builder(GuardConfig::default().with_verify_restores(true))
-        .probe(probe(&device))
-        .build(&model, adamw())
-        .unwrap();
+    let mut guard = Guard::builder(
+        GuardConfig::default()
+            .with_gradient_gate(false)
+            .with_verify_restores(true),
+    )
+    .probe(probe(&device))
+    .build(&model, adamw())
+    .unwrap();
     for t in 0..2 {
         let (g, _) = grads(&model, &batch(t, 16, &device));
         model = guard.step(0.01, model, g).unwrap().model;
@@ -31,7 +35,7 @@ fn run_with(fault: FaultKind) {
 
     let record = out.report.record.as_ref().unwrap();
     assert!(record.measurement.is_nan(), "{record:?}");
-    assert_eq!(out.report.action, StepAction::RolledBack);
+    assert_eq!(out.report.action, StepAction::Restore);
     assert!(matches!(
         record.decision.rejection_reason(),
         Some(RejectionReason::NonFiniteMeasurement { measurement }) if measurement.is_nan()
@@ -67,7 +71,7 @@ fn positive_and_negative_infinity_are_rejected_and_the_run_continues() {
     let device = common::training_device();
     let mut model = Net::new(&device);
     let script = vec![1.0, 0.9, f64::INFINITY, f64::NEG_INFINITY, f64::NAN, 0.8];
-    let mut guard = Guard::builder(GuardConfig::default())
+    let mut guard = Guard::builder(GuardConfig::default().with_gradient_gate(false))
         .probe(Scripted(std::sync::Mutex::new(script)))
         .build(&model, adamw())
         .unwrap();
@@ -78,7 +82,7 @@ fn positive_and_negative_infinity_are_rejected_and_the_run_continues() {
         actions.push(out.report.action);
         model = out.model;
     }
-    use StepAction::{Committed, RolledBack};
+    use stab_core::Action::{Commit as Committed, Restore as RolledBack};
     assert_eq!(
         actions,
         [Committed, RolledBack, RolledBack, RolledBack, Committed]
@@ -91,7 +95,7 @@ fn positive_and_negative_infinity_are_rejected_and_the_run_continues() {
 fn a_non_finite_initial_probe_loss_is_an_error_not_a_reference() {
     let device = common::training_device();
     let model = Net::new(&device);
-    let err = Guard::builder(GuardConfig::default())
+    let err = Guard::builder(GuardConfig::default().with_gradient_gate(false))
         .probe(Scripted(std::sync::Mutex::new(vec![f64::NAN])))
         .build(&model, adamw())
         .unwrap_err();

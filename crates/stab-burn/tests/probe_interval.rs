@@ -5,13 +5,14 @@
 mod common;
 
 use common::{Net, StateBytes, adamw, assert_same_state, batch, grads, probe};
-use stab_burn::{Fault, FaultKind, FaultSchedule, Guard, GuardConfig, StepAction, StoreKind};
+use stab_burn::{Fault, FaultKind, FaultSchedule, Guard, GuardConfig, StoreKind};
 
 fn run(store: StoreKind) {
     let device = common::training_device();
     let mut model = Net::new(&device);
     let mut guard = Guard::builder(
         GuardConfig::default()
+            .with_gradient_gate(false)
             .with_probe_interval(3)
             .with_store(store)
             .with_verify_restores(true),
@@ -33,7 +34,7 @@ fn run(store: StoreKind) {
             after_step_2 = Some(StateBytes::of(&model, guard.optimizer()));
         }
     }
-    use StepAction::{Committed, RolledBack, Unprobed};
+    use stab_core::Action::{Commit as Committed, Restore as RolledBack, Unprobed};
     assert_eq!(
         actions,
         [

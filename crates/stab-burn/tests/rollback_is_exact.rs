@@ -37,6 +37,7 @@ fn guarded_with(store: StoreKind, signal: SignalKind, model: &Net) -> Guard<Net>
     };
     Guard::builder(
         GuardConfig::default()
+            .with_gradient_gate(false)
             .with_store(store)
             .with_signal(signal)
             .with_epsilon(epsilon)
@@ -57,7 +58,7 @@ fn warm_up(guard: &mut Guard<Net>, mut model: Net) -> Net {
         assert!(
             matches!(
                 out.report.action,
-                StepAction::Committed | StepAction::Calibrated
+                StepAction::Commit | StepAction::Calibrate
             ),
             "warm-up step {t}: {:?}",
             out.report
@@ -79,7 +80,7 @@ fn rejected_step_restores_everything_byte_for_byte(store: StoreKind) {
     let (g, _) = grads(&model, &batch(99, 16, &device));
     let g = nan_from(3).grads(3, g, &model);
     let out = guard.step(LR, model, g).unwrap();
-    assert_eq!(out.report.action, StepAction::RolledBack);
+    assert_eq!(out.report.action, StepAction::Restore);
     assert!(matches!(
         out.report
             .record
@@ -121,13 +122,13 @@ fn next_step_after_a_rollback_equals_the_same_step_from_an_untouched_copy(store:
     let out = guard
         .step(LR, model.clone(), nan_from(3).grads(3, g, &model))
         .unwrap();
-    assert_eq!(out.report.action, StepAction::RolledBack);
+    assert_eq!(out.report.action, StepAction::Restore);
 
     // The same good step on both sides.
     let good = batch(4, 16, &device);
     let (g, _) = grads(&out.model, &good);
     let out = guard.step(LR, out.model, g).unwrap();
-    assert_eq!(out.report.action, StepAction::Committed);
+    assert_eq!(out.report.action, StepAction::Commit);
     let (g, _) = grads(&copy_model, &good);
     let copy_model = copy_optim.step(LR, copy_model, g);
 
@@ -173,7 +174,7 @@ fn rollback_is_exact_when_the_training_forward_runs_on_another_thread(
     // Accepted step, forward on another thread: the snapshot must include its update.
     let (model, g) = forward_elsewhere(model, 5);
     let out = guard.step(LR, model, g).unwrap();
-    assert_eq!(out.report.action, StepAction::Committed);
+    assert_eq!(out.report.action, StepAction::Commit);
     let accepted = StateBytes::of(&out.model, guard.optimizer());
     assert_ne!(
         accepted.running(),
@@ -185,7 +186,7 @@ fn rollback_is_exact_when_the_training_forward_runs_on_another_thread(
     let (model, g) = forward_elsewhere(out.model, 6);
     let g = nan_from(4).grads(4, g, &model);
     let out = guard.step(LR, model, g).unwrap();
-    assert_eq!(out.report.action, StepAction::RolledBack);
+    assert_eq!(out.report.action, StepAction::Restore);
     assert_same_state(&accepted, &StateBytes::of(&out.model, guard.optimizer()));
 
     // And the restored statistics stay restored: a later forward on this thread must start from

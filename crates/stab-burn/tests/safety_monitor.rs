@@ -48,7 +48,8 @@ fn run(store: StoreKind) {
         // Every step is checked: Theorem 7.3, Proposition 7.5 on each decision and, with
         // verify_restores, Proposition 7.4 on each restore. Any violation is an Err here.
         let out = guard.step(faults.lr(t, 0.01), model, g).unwrap();
-        if out.report.rolled_back() {
+        // A rejection: rolled back after the probe, or a NaN gradient gated before the step.
+        if out.report.is_rejection() {
             rolled_back.push(t);
         }
         model = out.model;
@@ -111,11 +112,16 @@ impl StateStore<Net> for Forgetful {
 fn safety_monitor_catches_an_inexact_restore() {
     let device = common::training_device();
     let model = Net::new(&device);
-    let mut guard = Guard::builder(GuardConfig::default().with_verify_restores(true))
-        .probe(probe(&device))
-        .store(Forgetful(DeviceStore::new()))
-        .build(&model, adamw())
-        .unwrap();
+    // Gate off: the NaN gradient must reach the probe, so that the store is asked to restore.
+    let mut guard = Guard::builder(
+        GuardConfig::default()
+            .with_verify_restores(true)
+            .with_gradient_gate(false),
+    )
+    .probe(probe(&device))
+    .store(Forgetful(DeviceStore::new()))
+    .build(&model, adamw())
+    .unwrap();
     let (g, _) = grads(&model, &batch(0, 16, &device));
     let g = FaultSchedule::new(0)
         .with(Fault::new(FaultKind::GradientNan, 0, 1))

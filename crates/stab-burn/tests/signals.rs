@@ -110,8 +110,8 @@ fn loss_spike_signal_needs_the_training_loss_and_rejects_a_spike() {
         actions.push(out.report.action);
         model = out.model;
     }
-    assert_eq!(actions[0], StepAction::Calibrated);
-    assert_eq!(actions[10], StepAction::RolledBack);
+    assert_eq!(actions[0], StepAction::Calibrate);
+    assert_eq!(actions[10], StepAction::Restore);
     assert_eq!(guard.counters().rejected, 1, "{actions:?}");
 
     let (g, _) = grads(&model, &batch(12, 16, &device));
@@ -160,9 +160,11 @@ fn gradient_agreement_signal_rejects_nan_gradients_and_is_blind_to_rescaling() {
     let mut model = Net::new(&device);
     let reference = batch(500, 32, &device);
     let mut guard = Guard::builder(
+        // Gate off: the NaN gradient must reach the signal under test.
         GuardConfig::default()
             .with_signal(SignalKind::GradientAgreement)
-            .with_epsilon(1.5),
+            .with_epsilon(1.5)
+            .with_gradient_gate(false),
     )
     .agreement_reference(move |m: &Net| common::loss(m, &reference))
     .build(&model, adamw())
@@ -178,9 +180,9 @@ fn gradient_agreement_signal_rejects_nan_gradients_and_is_blind_to_rescaling() {
         actions.push(out.report.action);
         model = out.model;
     }
-    assert_eq!(actions[0], StepAction::Calibrated);
-    assert_eq!(actions[4], StepAction::Committed, "cosine ignores ζ");
-    assert_eq!(actions[6], StepAction::RolledBack);
+    assert_eq!(actions[0], StepAction::Calibrate);
+    assert_eq!(actions[4], StepAction::Commit, "cosine ignores ζ");
+    assert_eq!(actions[6], StepAction::Restore);
 }
 
 /// `GradientsParams` is not `Clone`; rebuild one from its tensors.

@@ -52,7 +52,7 @@ fn run(store: StoreKind) {
         if report.rolled_back() {
             rejected.push(t);
         } else {
-            assert_eq!(report.action, StepAction::Committed);
+            assert_eq!(report.action, StepAction::Commit);
             last = report.measurement().unwrap();
             nominal_max_innovation = nominal_max_innovation.max(report.innovation().unwrap());
         }

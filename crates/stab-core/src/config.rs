@@ -225,22 +225,45 @@ mod tests {
             .with_spike_window(usize::MAX)
             .validate()
             .unwrap_err();
-        assert!(matches!(err, ConfigError::TooLarge { field: "spike_window", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ConfigError::TooLarge {
+                    field: "spike_window",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let ring = RingConfig { ages: vec![8, 8] };
         let err = base.clone().with_ring(ring).validate().unwrap_err();
         assert!(err.to_string().contains("ring.ages = 8"), "{err}");
-        let ring = RingConfig { ages: vec![u64::MAX] };
+        let ring = RingConfig {
+            ages: vec![u64::MAX],
+        };
         let err = base.clone().with_ring(ring).validate().unwrap_err();
         assert!(matches!(err, ConfigError::TooLarge { .. }), "{err}");
-        let drift = DriftConfig { window: usize::MAX, ..DriftConfig::default() };
+        let drift = DriftConfig {
+            window: usize::MAX,
+            ..DriftConfig::default()
+        };
         let err = base.clone().with_drift(drift).validate().unwrap_err();
         assert!(err.to_string().contains("drift.window"), "{err}");
-        let gate = GateConfig { z: f64::NAN, ..GateConfig::default() };
+        let gate = GateConfig {
+            z: f64::NAN,
+            ..GateConfig::default()
+        };
         let err = base.clone().with_gate(gate).validate().unwrap_err();
         assert!(err.to_string().contains("gate.z"), "{err}");
-        let ladder = LadderConfig { rejections_per_rung: 0, ..LadderConfig::default() };
+        let ladder = LadderConfig {
+            rejections_per_rung: 0,
+            ..LadderConfig::default()
+        };
         let err = base.with_ladder(ladder).validate().unwrap_err();
-        assert!(err.to_string().contains("ladder.rejections_per_rung = 0"), "{err}");
+        assert!(
+            err.to_string().contains("ladder.rejections_per_rung = 0"),
+            "{err}"
+        );
     }
 
     #[test]

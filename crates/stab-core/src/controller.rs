@@ -80,7 +80,10 @@ impl Controller {
                 config.alpha,
             )),
         };
-        Ok(Self::new(signal, Box::new(ThresholdRule::new(config.epsilon))))
+        Ok(Self::new(
+            signal,
+            Box::new(ThresholdRule::new(config.epsilon)),
+        ))
     }
 
     /// Builds a controller from any signal and rule (for custom signals or rules).

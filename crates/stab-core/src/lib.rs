@@ -74,15 +74,14 @@ pub use config::{
     ControllerConfig, DriftConfig, GateConfig, LadderConfig, MAX_LADDER_COUNT, MAX_RING_AGE,
     MAX_RING_LEVELS, MAX_RUNGS, MAX_WINDOW, RingConfig, Rung, SignalKind,
 };
-pub use protocol::{
-    Completed, Completion, Directive, Mode, RecoveryExhausted, RingUpdate, StepPlan,
-    StepProtocol,
-};
 pub use controller::{Controller, Counters};
 pub use decision::{Decision, DecisionRule, RejectionReason, ThresholdRule};
 pub use error::{ConfigError, ObserverError, StabError};
 pub use fingerprint::Fingerprint;
 pub use monitor::{SafetyMonitor, SafetyViolation};
+pub use protocol::{
+    Completed, Completion, Directive, Mode, RecoveryExhausted, RingUpdate, StepPlan, StepProtocol,
+};
 pub use record::{Action, JsonLinesWriter, RecordCollector, StepObserver, StepRecord};
 pub use signal::{
     EwmaReference, GradientAgreementSignal, InnovationKind, InnovationSignal, ProbeSignal,

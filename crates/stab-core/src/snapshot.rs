@@ -188,7 +188,11 @@ mod tests {
         store.save(&5).unwrap();
         assert_eq!(store.occupied(), 2);
         assert_eq!(store.rewind(SlotId(2)).unwrap(), 1);
-        assert_eq!(store.restore().unwrap(), 1, "the rewound state is the current one");
+        assert_eq!(
+            store.restore().unwrap(),
+            1,
+            "the rewound state is the current one"
+        );
         store.release(SlotId(2)).unwrap();
         store.release(SlotId(9)).unwrap();
         assert_eq!(store.slot(SlotId(2)), None);

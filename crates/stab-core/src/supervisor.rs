@@ -290,10 +290,7 @@ impl<S, St: SnapshotStore<S>> Supervisor<S, St> {
         Ok(GuardedStep { state, outcome })
     }
 
-    fn store_error(
-        operation: &'static str,
-        step: u64,
-    ) -> impl FnOnce(St::Error) -> StabError {
+    fn store_error(operation: &'static str, step: u64) -> impl FnOnce(St::Error) -> StabError {
         move |e| StabError::Store {
             operation,
             step,

@@ -44,9 +44,17 @@ fn config() -> impl Strategy<Value = ControllerConfig> {
     (
         0.05..1.0_f64,
         1_u64..5,
-        prop::collection::vec(prop_oneof![Just(Rung::Rewind), Just(Rung::ResetOptimizer)], 0..5),
+        prop::collection::vec(
+            prop_oneof![Just(Rung::Rewind), Just(Rung::ResetOptimizer)],
+            0..5,
+        ),
         1_u64..6,
-        prop_oneof![Just(vec![]), Just(vec![2]), Just(vec![3, 7]), Just(vec![4, 16])],
+        prop_oneof![
+            Just(vec![]),
+            Just(vec![2]),
+            Just(vec![3, 7]),
+            Just(vec![4, 16])
+        ],
         any::<bool>(),
     )
         .prop_map(|(eps, r, rungs, cooldown, ages, drift)| {
@@ -178,7 +186,10 @@ fn heavy_ball_rosenbrock_converges_at_default_settings() {
         }
         s
     };
-    let start = Descent { x: [-1.2, 1.0], v: [0.0, 0.0] };
+    let start = Descent {
+        x: [-1.2, 1.0],
+        v: [0.0, 0.0],
+    };
 
     let run = |config: &ControllerConfig| {
         let mut sup = Supervisor::new(config, InMemoryStore::new(), &start, f(&start.x))
@@ -198,7 +209,10 @@ fn heavy_ball_rosenbrock_converges_at_default_settings() {
     };
 
     let (frozen, counters) = run(&ControllerConfig::algorithm_1());
-    assert!(counters.rejected > 2900, "plain rollback freezes: {counters:?}");
+    assert!(
+        counters.rejected > 2900,
+        "plain rollback freezes: {counters:?}"
+    );
     assert!(frozen > 1.0);
 
     let (loss, counters) = run(&ControllerConfig::default());

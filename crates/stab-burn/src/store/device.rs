@@ -76,7 +76,11 @@ impl<M: Module> DeviceStore<M> {
         self.slots
             .get(usize::from(slot.0))
             .and_then(Option::as_ref)
-            .ok_or(StoreError::EmptySlot { store: NAME, slot })
+            .ok_or(if slot == SlotId::CURRENT {
+                StoreError::Empty { store: NAME }
+            } else {
+                StoreError::EmptySlot { store: NAME, slot }
+            })
     }
 
     fn put(&mut self, slot: SlotId, snapshot: Option<Snapshot<M>>) {

@@ -160,7 +160,9 @@ impl<M: Module> HostStore<M> {
     /// The finished snapshot of the last save.
     fn current(&self) -> Result<Arc<HostSnapshot>, StoreError> {
         let slot = self.wait_for_last_save()?;
-        slot.snapshot.clone().ok_or(StoreError::Empty { store: NAME })
+        slot.snapshot
+            .clone()
+            .ok_or(StoreError::Empty { store: NAME })
     }
 
     fn kept(&self, slot: SlotId) -> Result<Arc<HostSnapshot>, StoreError> {

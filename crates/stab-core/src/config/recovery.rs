@@ -127,7 +127,12 @@ impl Default for LadderConfig {
         Self {
             enabled: true,
             rejections_per_rung: 10,
-            rungs: vec![Rung::Rewind, Rung::Rewind, Rung::ResetOptimizer, Rung::Rewind],
+            rungs: vec![
+                Rung::Rewind,
+                Rung::Rewind,
+                Rung::ResetOptimizer,
+                Rung::Rewind,
+            ],
             cooldown: 32,
         }
     }

@@ -132,19 +132,29 @@ mod tests {
 
     #[test]
     fn several_accepted_steps_just_under_epsilon_raise_an_alarm_with_their_onset() {
-        let nominal: Vec<f64> = (0..20).map(|i| if i % 2 == 0 { -0.02 } else { 0.02 }).collect();
+        let nominal: Vec<f64> = (0..20)
+            .map(|i| if i % 2 == 0 { -0.02 } else { 0.02 })
+            .collect();
         let mut d = warmed(&nominal);
-        assert!(d.check(0.45, 0.5, 0, 21).is_none(), "one step under ε is nominal");
+        assert!(
+            d.check(0.45, 0.5, 0, 21).is_none(),
+            "one step under ε is nominal"
+        );
         d.accept(0.45, 0.5, 0, 21);
         let alarm = d.check(0.45, 0.5, 0, 22).expect("two steps just under ε");
         assert_eq!(alarm.onset, 21);
         assert!(alarm.statistic > alarm.threshold);
-        assert_eq!(alarm.threshold, 0.5, "h floors at ε when the spread is small");
+        assert_eq!(
+            alarm.threshold, 0.5,
+            "h floors at ε when the spread is small"
+        );
     }
 
     #[test]
     fn nominal_noise_drains_the_statistic() {
-        let nominal: Vec<f64> = (0..20).map(|i| if i % 2 == 0 { -0.02 } else { 0.02 }).collect();
+        let nominal: Vec<f64> = (0..20)
+            .map(|i| if i % 2 == 0 { -0.02 } else { 0.02 })
+            .collect();
         let mut d = warmed(&nominal);
         d.accept(0.3, 0.5, 0, 21);
         assert!(d.statistic() > 0.0);
@@ -158,7 +168,9 @@ mod tests {
 
     #[test]
     fn escalation_raises_the_alarm_level() {
-        let nominal: Vec<f64> = (0..20).map(|i| if i % 2 == 0 { -0.02 } else { 0.02 }).collect();
+        let nominal: Vec<f64> = (0..20)
+            .map(|i| if i % 2 == 0 { -0.02 } else { 0.02 })
+            .collect();
         let d = warmed(&nominal);
         let (_, h0) = d.levels(0.5, 0).unwrap();
         let (_, h2) = d.levels(0.5, 2).unwrap();

@@ -98,7 +98,11 @@ mod tests {
     fn rejects_a_300x_gradient_and_passes_nominal_ones() {
         let g = warmed();
         assert_eq!(g.check(1.05), GateVerdict::Pass);
-        assert_eq!(g.check(0.2), GateVerdict::Pass, "one-sided: small gradients pass");
+        assert_eq!(
+            g.check(0.2),
+            GateVerdict::Pass,
+            "one-sided: small gradients pass"
+        );
         match g.check(300.0) {
             GateVerdict::Reject { z, limit, .. } => assert!(z > limit),
             GateVerdict::Pass => panic!("a 300x gradient must be rejected"),

@@ -36,8 +36,8 @@ use crate::record::{Action, StepRecord};
 use crate::snapshot::SlotId;
 
 use ladder::Ladder;
-use ring::{ControllerState, Ring, SlotMeta};
 pub use ring::RingUpdate;
+use ring::{ControllerState, Ring, SlotMeta};
 
 /// Whether the protocol acts on its decisions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -212,7 +212,10 @@ impl StepProtocol {
             monitor_enabled: true,
             controller: None,
             monitor: None,
-            drift: config.drift.enabled.then(|| DriftDetector::new(&config.drift)),
+            drift: config
+                .drift
+                .enabled
+                .then(|| DriftDetector::new(&config.drift)),
             gate: config.gate.enabled.then(|| GradientGate::new(&config.gate)),
             ring: Ring::new(&config.ring),
             ladder: Ladder::new(&config.ladder),

@@ -224,6 +224,9 @@ mod tests {
         assert!(ring.rewind_target(0).is_none());
         let released = ring.rewind(SlotId(1));
         assert_eq!(released, vec![SlotId(2)]);
-        assert_eq!(ring.positions(), vec![Some(16), Some(16), None, Some(0), Some(16)]);
+        assert_eq!(
+            ring.positions(),
+            vec![Some(16), Some(16), None, Some(0), Some(16)]
+        );
     }
 }
