@@ -114,6 +114,19 @@ pub struct ReproduceArgs {
     /// Transformer minibatch size.
     #[arg(long)]
     pub transformer_batch: Option<usize>,
+    /// First seed (runs use seeds first-seed .. first-seed + seeds), to split a reproduction
+    /// across processes.
+    #[arg(long)]
+    pub first_seed: Option<u64>,
+    /// Which arms to run, comma-separated (default: all): clean, baseline, controlled,
+    /// probe-only, algorithm-1, loss-rollback.
+    #[arg(long, value_delimiter = ',')]
+    pub arms: Option<Vec<String>>,
+    /// Train nothing: read the run records (`runs/*.jsonl`) of these earlier output folders
+    /// (repeatable) and write figures and report.md for them into `--out`. The other flags
+    /// describe the runs for the report.
+    #[arg(long)]
+    pub from_records: Vec<PathBuf>,
     /// Do not draw progress bars (logs stay).
     #[arg(long)]
     pub quiet: bool,

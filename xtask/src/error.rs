@@ -26,6 +26,14 @@ pub enum XtaskError {
         #[source]
         source: std::io::Error,
     },
+    /// A run-record file could not be read back.
+    #[error("bad run records in {}: {why}", path.display())]
+    Records {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
     /// Drawing a figure failed.
     #[error("could not draw {}: {message}", path.display())]
     Plot {

@@ -73,6 +73,17 @@
 //!   NaN/∞ gradients, learning-rate spikes, input noise, label flips).
 //! - [`training_device`]: the device `BURN_DEVICE` selects, with its name.
 //!
+//! ## Recovery
+//!
+//! The guard drives stab-core's [`stab_core::StepProtocol`]; the same decisions as the closure
+//! `Supervisor`, tested once. Beyond `ν ≤ ε`: the gradient gate (the guard computes the
+//! gradient's global norm before each step in enforce mode: one device read), drift detection,
+//! a ring of snapshots at spaced ages (`ring.ages`, default 8 and 64 accepted steps: up to five
+//! snapshots, see [`StoreMemory::snapshots`]) and the escalation ladder (rewind, rewind further,
+//! reset the optimizer's state, rewind; then stop with `StabError::RecoveryExhausted` and
+//! [`Guard::take_last_accepted`]). Every action is a [`StepAction`] in the step report and the
+//! record.
+//!
 //! ## Choices and their costs
 //!
 //! - **Store.** [`StoreKind::Device`] saves in microseconds but, while a step is in flight, the
@@ -85,7 +96,12 @@
 //! - **ε is in the signal's units**: probe-loss units for the probe, a z-score for the spike
 //!   signals (try 3–6), a cosine drop for agreement.
 //! - **Not rewound by a rejection**: the learning-rate schedule, the data position and random
-//!   generators. A rejected batch is skipped, not retried.
+//!   generators. A rejected batch is skipped, not retried; a rewind skips every batch since the
+//!   restored snapshot.
+//! - **Ring memory.** Each ring level keeps up to two older states. With the device store they
+//!   stay on the device (copy-on-write: a level's snapshot costs a full copy of parameters and
+//!   optimizer state once the live state has moved on); with the host store they are host
+//!   copies shared by `Arc`. `ring.ages = []` keeps only the last accepted state.
 //!
 //! ## With burn-train's `Learner`
 //!

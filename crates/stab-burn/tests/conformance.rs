@@ -72,6 +72,7 @@ fn config() -> ControllerConfig {
             cooldown: 5,
         })
         .with_drift(DriftConfig {
+            enabled: true,
             warmup: 4,
             ..DriftConfig::default()
         })

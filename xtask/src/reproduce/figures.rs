@@ -11,8 +11,11 @@ use crate::reproduce::records::{Arm, ModelKind, RunLog, StepLog};
 
 fn color(arm: Arm) -> RGBColor {
     match arm {
+        Arm::Clean => palette::CLEAN,
         Arm::Baseline => palette::BASELINE,
         Arm::Controlled => palette::CONTROLLED,
+        Arm::ProbeOnly => palette::PROBE_ONLY,
+        Arm::Algorithm1 => palette::ALGORITHM_1,
         Arm::LossRollback => palette::LOSS_ROLLBACK,
     }
 }
@@ -67,11 +70,24 @@ pub fn draw_all(
 ) -> Result<Vec<PathBuf>, XtaskError> {
     let mut files = Vec::new();
     let has = |m| runs.iter().any(|r| r.model == m);
+    let present = |model: ModelKind, arms: &[Arm]| -> Vec<Arm> {
+        arms.iter()
+            .copied()
+            .filter(|&arm| runs.iter().any(|r| r.model == model && r.arm == arm))
+            .collect()
+    };
+    let compared = [
+        Arm::Clean,
+        Arm::Baseline,
+        Arm::Algorithm1,
+        Arm::ProbeOnly,
+        Arm::Controlled,
+    ];
     let probe_chart = |model: ModelKind, title: String| ChartSpec {
         title,
         x_label: "step".into(),
         y_label: "log10(probe loss)".into(),
-        series: [Arm::Baseline, Arm::Controlled]
+        series: present(model, &compared)
             .into_iter()
             .map(|arm| band_series(runs, model, arm, true, |s| finite(s.probe_loss)))
             .collect(),
@@ -88,16 +104,18 @@ pub fn draw_all(
         )?);
         files.extend(render(
             &ChartSpec {
-                title: "Fig. 3 — innovation ν of the controlled ResNet-18 run".into(),
+                title: "Fig. 3 — innovation ν of the controlled ResNet-18 runs".into(),
                 x_label: "step".into(),
                 y_label: "innovation ν".into(),
-                series: vec![band_series(
-                    runs,
-                    ModelKind::Resnet18,
-                    Arm::Controlled,
-                    false,
-                    |s| s.innovation.and_then(finite),
-                )],
+                series: present(ModelKind::Resnet18, &[Arm::Controlled, Arm::ProbeOnly])
+                    .into_iter()
+                    .take(1)
+                    .map(|arm| {
+                        band_series(runs, ModelKind::Resnet18, arm, false, |s| {
+                            s.innovation.and_then(finite)
+                        })
+                    })
+                    .collect(),
                 window: window_span(window),
                 hline: Some((epsilon, format!("threshold ε = {epsilon}"))),
             },
@@ -108,7 +126,7 @@ pub fn draw_all(
                 title: "Fig. 4 — ResNet-18 parameter ℓ2 norm".into(),
                 x_label: "step".into(),
                 y_label: "‖θ‖₂".into(),
-                series: [Arm::Baseline, Arm::Controlled]
+                series: present(ModelKind::Resnet18, &compared)
                     .into_iter()
                     .map(|arm| {
                         band_series(runs, ModelKind::Resnet18, arm, false, |s| {
@@ -163,7 +181,18 @@ pub fn draw_all(
                 ),
                 x_label: "step".into(),
                 y_label: "cumulative rollbacks per run".into(),
-                series: vec![rollbacks(Arm::Controlled), rollbacks(Arm::LossRollback)],
+                series: present(
+                    model,
+                    &[
+                        Arm::Algorithm1,
+                        Arm::ProbeOnly,
+                        Arm::Controlled,
+                        Arm::LossRollback,
+                    ],
+                )
+                .into_iter()
+                .map(rollbacks)
+                .collect(),
                 window: window_span(window),
                 hline: None,
             },

@@ -97,10 +97,44 @@ pub struct ArmSummary {
     pub undetected: usize,
     /// Measured overhead γ: controller time / training-step time.
     pub overhead: Spread,
+    /// Final probe loss relative to the clean run of the same seed (`final / clean final`), over
+    /// the seeds that have a clean run.
+    pub final_vs_clean: Option<Spread>,
+    /// Mean probe loss over the last 10 steps (less noisy than the last step alone).
+    pub last10: Spread,
+    /// `last10` relative to the clean run of the same seed.
+    pub last10_vs_clean: Option<Spread>,
+    /// Longest run of consecutive rejected steps, over all seeds.
+    pub longest_rejection_run: u64,
+    /// Recovery actions, summed over seeds.
+    pub actions: ActionCounts,
 }
 
-/// Summarizes all runs of one arm (one model).
-pub fn summarize(arm: Arm, runs: &[&RunLog], window: FailureWindow) -> ArmSummary {
+/// How often each recovery action fired, summed over the seeds of an arm.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ActionCounts {
+    /// Gradients rejected by the gate before the step.
+    pub skips: u64,
+    /// Plain restores of the last accepted state.
+    pub restores: u64,
+    /// Rewinds to an older snapshot.
+    pub rewinds: u64,
+    /// Optimizer-state resets.
+    pub resets: u64,
+    /// Runs stopped by an exhausted ladder.
+    pub stops: u64,
+    /// Steps at which a rung of the ladder fired (rewinds and resets of the ladder, drift rewinds).
+    pub rungs: u64,
+}
+
+/// Summarizes all runs of one arm (one model); `clean` are the clean runs of the same model
+/// (matched by seed), if any.
+pub fn summarize(
+    arm: Arm,
+    runs: &[&RunLog],
+    clean: &[&RunLog],
+    window: FailureWindow,
+) -> ArmSummary {
     let mut pre = Vec::new();
     let mut peak = Vec::new();
     let mut recovery = Vec::new();
@@ -111,6 +145,15 @@ pub fn summarize(arm: Arm, runs: &[&RunLog], window: FailureWindow) -> ArmSummar
     let mut latency = Vec::new();
     let mut undetected = 0;
     let mut overhead = Vec::new();
+    let mut vs_clean = Vec::new();
+    let mut last10 = Vec::new();
+    let mut last10_vs_clean = Vec::new();
+    let tail_mean = |steps: &[super::records::StepLog]| {
+        let tail = &steps[steps.len().saturating_sub(10)..];
+        tail.iter().map(|s| s.probe_loss).sum::<f64>() / tail.len().max(1) as f64
+    };
+    let mut longest = 0_u64;
+    let mut actions = ActionCounts::default();
 
     for run in runs {
         let steps = &run.steps;
@@ -145,9 +188,39 @@ pub fn summarize(arm: Arm, runs: &[&RunLog], window: FailureWindow) -> ArmSummar
             Some(i) => recovery.push(i as f64),
             None => not_recovered += 1,
         }
+        let clean_run = clean.iter().find(|c| c.seed == run.seed);
+        if !steps.is_empty() {
+            last10.push(tail_mean(steps));
+            if let Some(c) = clean_run.filter(|c| !c.steps.is_empty()) {
+                last10_vs_clean.push(tail_mean(steps) / tail_mean(&c.steps));
+            }
+        }
         if let Some(last) = steps.last() {
             final_probe.push(last.probe_loss);
             final_norm.push(last.param_norm);
+            if let Some(clean_last) = clean
+                .iter()
+                .find(|c| c.seed == run.seed)
+                .and_then(|c| c.steps.last())
+            {
+                vs_clean.push(last.probe_loss / clean_last.probe_loss);
+            }
+        }
+        let mut current = 0_u64;
+        for s in steps {
+            current = if s.rejected { current + 1 } else { 0 };
+            longest = longest.max(current);
+            if s.rung.is_some() {
+                actions.rungs += 1;
+            }
+            match s.action.as_deref() {
+                Some("skip") => actions.skips += 1,
+                Some("restore") => actions.restores += 1,
+                Some("rewind") => actions.rewinds += 1,
+                Some("reset-optimizer") => actions.resets += 1,
+                Some("stop") => actions.stops += 1,
+                _ => {}
+            }
         }
         for s in steps {
             if s.fault {
@@ -186,6 +259,11 @@ pub fn summarize(arm: Arm, runs: &[&RunLog], window: FailureWindow) -> ArmSummar
         detection_latency: Spread::of(&latency),
         undetected,
         overhead: Spread::of(&overhead),
+        final_vs_clean: (!vs_clean.is_empty()).then(|| Spread::of(&vs_clean)),
+        last10: Spread::of(&last10),
+        last10_vs_clean: (!last10_vs_clean.is_empty()).then(|| Spread::of(&last10_vs_clean)),
+        longest_rejection_run: longest,
+        actions,
     }
 }
 
@@ -248,7 +326,12 @@ mod tests {
         let mut probe = vec![1.0; 12];
         probe.extend([5.0, 4.0, 3.0, 2.0, 1.05, 1.0]);
         let r = run(&probe, &[13, 17]);
-        let s = summarize(Arm::Controlled, &[&r], FailureWindow { start: 12, len: 2 });
+        let s = summarize(
+            Arm::Controlled,
+            &[&r],
+            &[],
+            FailureWindow { start: 12, len: 2 },
+        );
         assert_eq!(s.rollbacks_inside, 1);
         assert_eq!(s.rollbacks_outside, 1);
         assert_eq!(s.faulty_steps, 2);
@@ -263,7 +346,12 @@ mod tests {
         let mut probe = vec![1.0; 12];
         probe.extend([f64::NAN; 6]);
         let r = run(&probe, &[]);
-        let s = summarize(Arm::Baseline, &[&r], FailureWindow { start: 12, len: 2 });
+        let s = summarize(
+            Arm::Baseline,
+            &[&r],
+            &[],
+            FailureWindow { start: 12, len: 2 },
+        );
         assert_eq!(s.peak.non_finite, 1);
         assert_eq!(s.not_recovered, 1);
         assert_eq!(s.undetected, 1);

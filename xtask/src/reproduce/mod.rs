@@ -15,7 +15,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::error::XtaskError;
 use plan::Plan;
-use records::{Arm, RunLog};
+use records::RunLog;
 
 fn create_dir(path: &Path) -> Result<(), XtaskError> {
     std::fs::create_dir_all(path).map_err(|source| XtaskError::Io {
@@ -61,11 +61,26 @@ pub fn run(plan: &Plan) -> Result<(), XtaskError> {
     .progress_chars("=> ");
 
     let mut runs: Vec<RunLog> = Vec::new();
-    for &model in &plan.models {
+    let models: &[records::ModelKind] = if plan.from_records.is_empty() {
+        &plan.models
+    } else {
+        runs = load_records(plan)?;
+        // The output folder holds every record it reports on.
+        for run in &runs {
+            run.write_jsonl(&runs_dir.join(format!(
+                "{}_{}_seed{}.jsonl",
+                run.model.name(),
+                run.arm.name(),
+                run.seed
+            )))?;
+        }
+        &[]
+    };
+    for &model in models {
         let workload = runner::Workload::load(plan, model)?;
         println!("{}: data {}", model.label(), workload.data_source());
-        for seed in 0..plan.seeds {
-            for arm in Arm::ALL {
+        for seed in plan.first_seed..plan.first_seed + plan.seeds {
+            for &arm in &plan.arms {
                 let bar = multi.add(ProgressBar::new(plan.steps));
                 bar.set_style(style.clone());
                 bar.set_prefix(format!("{} {} seed {seed}", model.name(), arm.name()));
@@ -110,6 +125,42 @@ pub fn run(plan: &Plan) -> Result<(), XtaskError> {
         plan.out.display()
     );
     Ok(())
+}
+
+/// Reads every `runs/*.jsonl` of the `--from-records` folders, keeping the plan's models, arms
+/// and seeds.
+fn load_records(plan: &Plan) -> Result<Vec<RunLog>, XtaskError> {
+    let mut runs = Vec::new();
+    for dir in &plan.from_records {
+        let dir = dir.join("runs");
+        let entries = std::fs::read_dir(&dir).map_err(|source| XtaskError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut paths: Vec<_> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let run = RunLog::read_jsonl(&path)?;
+            let seeds = plan.first_seed..plan.first_seed + plan.seeds;
+            if plan.models.contains(&run.model)
+                && plan.arms.contains(&run.arm)
+                && seeds.contains(&run.seed)
+            {
+                runs.push(run);
+            }
+        }
+    }
+    runs.sort_by_key(|r| (r.model, r.seed, r.arm));
+    if runs.is_empty() {
+        return Err(XtaskError::Check(
+            "--from-records: no run records match the selected models, arms and seeds".to_owned(),
+        ));
+    }
+    Ok(runs)
 }
 
 /// The terminal summary: per model and arm, peak and final probe loss and rollbacks.

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::cli::{FaultChoice, ModelChoice, PresetName, ReproduceArgs};
 use crate::error::XtaskError;
 use crate::reproduce::metrics::FailureWindow;
-use crate::reproduce::records::ModelKind;
+use crate::reproduce::records::{Arm, ModelKind};
 
 /// ResNet-18 settings of a plan.
 #[derive(Debug, Clone, Serialize)]
@@ -44,8 +44,12 @@ pub struct Plan {
     pub preset: String,
     /// Steps per run.
     pub steps: u64,
-    /// Seeds 0..seeds.
+    /// Seeds first_seed .. first_seed + seeds.
     pub seeds: u64,
+    /// The first seed.
+    pub first_seed: u64,
+    /// The arms to run.
+    pub arms: Vec<Arm>,
     /// Models to run.
     pub models: Vec<ModelKind>,
     /// First faulty step.
@@ -79,6 +83,8 @@ pub struct Plan {
     /// Draw progress bars.
     #[serde(skip)]
     pub progress: bool,
+    /// Output folders whose run records to report on instead of training.
+    pub from_records: Vec<PathBuf>,
 }
 
 impl Plan {
@@ -99,6 +105,27 @@ impl Plan {
         let a = args.clone();
         if let Some(v) = a.seeds {
             plan.seeds = v;
+        }
+        if let Some(v) = a.first_seed {
+            plan.first_seed = v;
+        }
+        if let Some(names) = &a.arms {
+            let mut arms = Vec::new();
+            for name in names {
+                let arm = Arm::ALL
+                    .into_iter()
+                    .find(|arm| arm.name() == name.trim())
+                    .ok_or_else(|| XtaskError::InvalidSetting {
+                        field: "--arms",
+                        value: name.clone(),
+                        why: format!("one of {}", Arm::ALL.map(Arm::name).join(", ")),
+                    })?;
+                if !arms.contains(&arm) {
+                    arms.push(arm);
+                }
+            }
+            arms.sort();
+            plan.arms = arms;
         }
         if let Some(v) = a.steps {
             plan.steps = v;
@@ -149,6 +176,7 @@ impl Plan {
             plan.transformer.batch = v;
         }
         plan.progress = !a.quiet;
+        plan.from_records = a.from_records.clone();
         plan.validate()?;
         Ok(plan)
     }
@@ -160,6 +188,8 @@ impl Plan {
             preset: "cpu".into(),
             steps: 250,
             seeds: 5,
+            first_seed: 0,
+            arms: Arm::ALL.to_vec(),
             models: vec![ModelKind::Resnet18, ModelKind::Transformer],
             fault_start: 120,
             fault_len: 10,
@@ -187,6 +217,7 @@ impl Plan {
             out: out("cpu"),
             data_dir: None,
             progress: true,
+            from_records: Vec::new(),
         };
         match name {
             PresetName::Cpu => cpu,
@@ -240,6 +271,16 @@ impl Plan {
         };
         if self.seeds < 1 {
             return bad("--seeds", self.seeds.to_string(), "at least one seed");
+        }
+        if self.first_seed.checked_add(self.seeds).is_none() {
+            return bad(
+                "--first-seed",
+                self.first_seed.to_string(),
+                "first seed + seeds overflows",
+            );
+        }
+        if self.arms.is_empty() {
+            return bad("--arms", String::new(), "at least one arm");
         }
         if self.steps < 2 {
             return bad("--steps", self.steps.to_string(), "at least 2 steps");
@@ -374,5 +415,10 @@ mod tests {
         assert!(err.contains("huge"), "{err}");
         let err = parse(&["--seeds", "many"]).unwrap_err();
         assert!(err.contains("many"), "{err}");
+        let err = parse(&["--arms", "clean,bogus"]).unwrap_err();
+        assert!(err.contains("--arms = bogus"), "{err}");
+        let plan = parse(&["--arms", "controlled,clean", "--first-seed", "3"]).unwrap();
+        assert_eq!(plan.arms, vec![Arm::Clean, Arm::Controlled]);
+        assert_eq!(plan.first_seed, 3);
     }
 }

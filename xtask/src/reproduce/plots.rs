@@ -48,6 +48,12 @@ pub mod palette {
     pub const CONTROLLED: RGBColor = RGBColor(31, 119, 180);
     /// Loss-spike rollback.
     pub const LOSS_ROLLBACK: RGBColor = RGBColor(255, 127, 14);
+    /// The clean run (no fault): grey.
+    pub const CLEAN: RGBColor = RGBColor(110, 110, 110);
+    /// The controlled run with the gradient gate off: teal.
+    pub const PROBE_ONLY: RGBColor = RGBColor(23, 190, 207);
+    /// Algorithm 1 with plain rollback: purple.
+    pub const ALGORITHM_1: RGBColor = RGBColor(148, 103, 189);
     /// Threshold lines.
     pub const THRESHOLD: RGBColor = RGBColor(44, 160, 44);
 }

@@ -8,27 +8,46 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::XtaskError;
 
-/// The three arms of every experiment, run with identical initialization and minibatch order.
+/// The arms of every experiment, run with identical initialization and minibatch order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Arm {
+    /// The same seed without the fault, under stab's defaults: what the run would have been, and
+    /// every rollback in it a false positive.
+    Clean,
     /// No controller: every proposal is executed.
     Baseline,
-    /// Algorithm 1 with the probe signal.
+    /// stab's defaults: the probe signal with drift detection, the gradient gate, the snapshot
+    /// ring and the escalation ladder.
     Controlled,
+    /// The same without the gradient gate: the probe signal alone decides (with drift detection
+    /// and the ladder).
+    ProbeOnly,
+    /// Algorithm 1 exactly as the paper states it: probe signal, `ν ≤ ε`, plain rollback.
+    Algorithm1,
     /// The naive comparison (§9.5): rollback on training-loss spikes.
     LossRollback,
 }
 
 impl Arm {
     /// All arms in report order.
-    pub const ALL: [Arm; 3] = [Arm::Baseline, Arm::Controlled, Arm::LossRollback];
+    pub const ALL: [Arm; 6] = [
+        Arm::Clean,
+        Arm::Baseline,
+        Arm::Controlled,
+        Arm::ProbeOnly,
+        Arm::Algorithm1,
+        Arm::LossRollback,
+    ];
 
     /// Stable name used in file names.
     pub fn name(self) -> &'static str {
         match self {
+            Arm::Clean => "clean",
             Arm::Baseline => "baseline",
             Arm::Controlled => "controlled",
+            Arm::ProbeOnly => "probe-only",
+            Arm::Algorithm1 => "algorithm-1",
             Arm::LossRollback => "loss-rollback",
         }
     }
@@ -36,10 +55,23 @@ impl Arm {
     /// Human label for figures and tables.
     pub fn label(self) -> &'static str {
         match self {
+            Arm::Clean => "clean (no fault, stab defaults)",
             Arm::Baseline => "baseline (no controller)",
-            Arm::Controlled => "controlled (probe)",
+            Arm::Controlled => "controlled (stab defaults)",
+            Arm::ProbeOnly => "controlled, gate off (probe alone)",
+            Arm::Algorithm1 => "Algorithm 1 (plain rollback)",
             Arm::LossRollback => "loss-spike rollback",
         }
+    }
+
+    /// `true` for the arms whose fault is injected (all but the clean one).
+    pub fn faulted(self) -> bool {
+        self != Arm::Clean
+    }
+
+    /// `true` for the arms that act on a controller's decisions.
+    pub fn guarded(self) -> bool {
+        self != Arm::Baseline
     }
 }
 
@@ -95,8 +127,16 @@ pub struct StepLog {
     pub reference: Option<f64>,
     /// Threshold ε (arms with a controller).
     pub threshold: Option<f64>,
-    /// Whether the proposal was rolled back.
+    /// Whether the proposal (or its gradient) was rejected and the state carried forward is not
+    /// the proposal.
     pub rejected: bool,
+    /// What the controller did (`commit`, `restore`, `rewind`, `reset-optimizer`, `skip`,
+    /// `observe`, …; arms with a controller).
+    #[serde(default)]
+    pub action: Option<String>,
+    /// The rung of the escalation ladder that fired at this step, if one did.
+    #[serde(default)]
+    pub rung: Option<u32>,
     /// Whether a fault was injected at this step.
     pub fault: bool,
     /// ℓ2 norm of all parameters of the state carried forward.
@@ -146,11 +186,69 @@ impl RunLog {
                 "arm": self.arm,
                 "seed": self.seed,
                 "data_source": self.data_source,
+                "device": self.device,
+                "batch_size": self.batch_size,
+                "probe_size": self.probe_size,
                 "step": step,
             });
             serde_json::to_writer(&mut out, &line).map_err(|e| io(e.into()))?;
             out.write_all(b"\n").map_err(io)?;
         }
         out.flush().map_err(io)
+    }
+}
+
+/// One line of a run's JSON-lines file.
+#[derive(Deserialize)]
+struct RecordLine {
+    model: ModelKind,
+    arm: Arm,
+    seed: u64,
+    data_source: String,
+    device: String,
+    batch_size: usize,
+    probe_size: usize,
+    step: StepLog,
+}
+
+impl RunLog {
+    /// Reads a run back from the JSON-lines file [`RunLog::write_jsonl`] wrote.
+    ///
+    /// # Errors
+    /// [`XtaskError::Io`] for a missing file, [`XtaskError::Records`] for a line that does not
+    /// parse, an empty file, or lines of different runs mixed in one file.
+    pub fn read_jsonl(path: &Path) -> Result<Self, XtaskError> {
+        let text = std::fs::read_to_string(path).map_err(|source| XtaskError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bad = |why: String| XtaskError::Records {
+            path: path.to_path_buf(),
+            why,
+        };
+        let mut run: Option<RunLog> = None;
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let line: RecordLine =
+                serde_json::from_str(line).map_err(|e| bad(format!("line {}: {e}", i + 1)))?;
+            let run = run.get_or_insert_with(|| RunLog {
+                model: line.model,
+                arm: line.arm,
+                seed: line.seed,
+                data_source: line.data_source.clone(),
+                device: line.device.clone(),
+                batch_size: line.batch_size,
+                probe_size: line.probe_size,
+                steps: Vec::new(),
+            });
+            if (run.model, run.arm, run.seed) != (line.model, line.arm, line.seed) {
+                return Err(bad(format!("line {} belongs to another run", i + 1)));
+            }
+            run.steps.push(line.step);
+        }
+        run.ok_or_else(|| bad("no records".to_owned()))
     }
 }

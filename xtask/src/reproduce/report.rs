@@ -10,14 +10,17 @@ use crate::reproduce::records::{Arm, ModelKind, RunLog};
 
 /// The summaries of every arm of one model.
 pub fn model_summaries(plan: &Plan, runs: &[RunLog], model: ModelKind) -> Vec<ArmSummary> {
+    let of = |arm: Arm| -> Vec<&RunLog> {
+        runs.iter()
+            .filter(|r| r.model == model && r.arm == arm)
+            .collect()
+    };
+    let clean = of(Arm::Clean);
     Arm::ALL
         .into_iter()
         .filter_map(|arm| {
-            let arm_runs: Vec<&RunLog> = runs
-                .iter()
-                .filter(|r| r.model == model && r.arm == arm)
-                .collect();
-            (!arm_runs.is_empty()).then(|| summarize(arm, &arm_runs, plan.window()))
+            let arm_runs = of(arm);
+            (!arm_runs.is_empty()).then(|| summarize(arm, &arm_runs, &clean, plan.window()))
         })
         .collect()
 }
@@ -51,9 +54,11 @@ pub fn render(
     let _ = writeln!(md, "- Data: {}", data.join("; "));
     let _ = writeln!(
         md,
-        "- Protocol: {} steps, seeds 0..{}, failure: {} for steps [{}, {}), probe |P| = {}",
+        "- Protocol: {} steps, seeds {}..{}, failure: {} for steps [{}, {}) (all arms but the clean \
+         one), probe |P| = {}",
         plan.steps,
-        plan.seeds,
+        plan.first_seed,
+        plan.first_seed + plan.seeds,
         match plan.fault_kind {
             FaultChoice::GradientScale => format!("gradients scaled by ζ = {}", plan.zeta),
             FaultChoice::LrScale => format!("learning rate scaled by ζ = {}", plan.zeta),
@@ -124,25 +129,64 @@ pub fn render(
             },
         );
         row(&mut md, "final probe loss", &|s| s.final_probe.display(4));
+        row(
+            &mut md,
+            "final probe loss / clean run's (same seed)",
+            &|s| {
+                s.final_vs_clean
+                    .as_ref()
+                    .map_or_else(|| "—".into(), |v| v.display(3))
+            },
+        );
+        row(&mut md, "mean probe loss, last 10 steps", &|s| {
+            s.last10.display(4)
+        });
+        row(&mut md, "last-10 mean / clean run's (same seed)", &|s| {
+            s.last10_vs_clean
+                .as_ref()
+                .map_or_else(|| "—".into(), |v| v.display(3))
+        });
         row(&mut md, "final parameter ℓ2 norm", &|s| {
             s.final_norm.display(2)
         });
         row(&mut md, "rollbacks inside the window (all seeds)", &|s| {
-            if s.arm == Arm::Baseline {
+            if !s.arm.guarded() {
                 "—".into()
             } else {
                 format!("{} of {} faulty steps", s.rollbacks_inside, s.faulty_steps)
             }
         });
         row(&mut md, "rollbacks outside the window (all seeds)", &|s| {
-            if s.arm == Arm::Baseline {
+            if !s.arm.guarded() {
                 "—".into()
             } else {
                 s.rollbacks_outside.to_string()
             }
         });
+        row(&mut md, "longest run of consecutive rejections", &|s| {
+            if s.arm.guarded() {
+                s.longest_rejection_run.to_string()
+            } else {
+                "—".into()
+            }
+        });
+        row(
+            &mut md,
+            "recovery actions: gate skips / rewinds / optimizer resets / stops (rungs fired)",
+            &|s| {
+                if s.arm.guarded() {
+                    let a = s.actions;
+                    format!(
+                        "{} / {} / {} / {} ({})",
+                        a.skips, a.rewinds, a.resets, a.stops, a.rungs
+                    )
+                } else {
+                    "—".into()
+                }
+            },
+        );
         row(&mut md, "detection latency (steps from t₀)", &|s| {
-            if s.arm == Arm::Baseline {
+            if !s.arm.guarded() {
                 "—".into()
             } else {
                 let mut v = s.detection_latency.display(2);
@@ -156,7 +200,7 @@ pub fn render(
             &mut md,
             "measured overhead γ (controller time / step time)",
             &|s| {
-                if s.arm == Arm::Baseline {
+                if !s.arm.guarded() {
                     "—".into()
                 } else {
                     format!(

@@ -176,18 +176,25 @@ impl Workload {
 }
 
 /// The guard configuration of an arm. The baseline observes (it measures and decides exactly as
-/// the controlled arm would, for the figures, but keeps every proposal).
+/// a controller would, for the figures, but keeps every proposal). The clean arm runs stab's
+/// defaults without the fault: every rollback there is a false positive.
 fn guard_config(plan: &Plan, arm: Arm) -> GuardConfig {
-    let probe_controller = ControllerConfig::default()
+    let stab = ControllerConfig::default()
         .with_epsilon(plan.epsilon)
         .with_alpha(plan.alpha);
     match arm {
         Arm::Baseline => GuardConfig::default()
-            .with_controller(probe_controller)
+            .with_controller(stab)
             .with_mode(GuardMode::Observe),
-        Arm::Controlled => GuardConfig::default().with_controller(probe_controller),
+        Arm::Clean | Arm::Controlled => GuardConfig::default().with_controller(stab),
+        Arm::ProbeOnly => GuardConfig::default().with_controller(stab.with_gradient_gate(false)),
+        Arm::Algorithm1 => GuardConfig::default().with_controller(
+            ControllerConfig::algorithm_1()
+                .with_epsilon(plan.epsilon)
+                .with_alpha(plan.alpha),
+        ),
         Arm::LossRollback => GuardConfig::default().with_controller(
-            ControllerConfig::default()
+            ControllerConfig::algorithm_1()
                 .with_signal(SignalKind::LossSpike)
                 .with_epsilon(plan.loss_spike_threshold)
                 .with_spike_window(plan.loss_spike_window),
@@ -215,7 +222,11 @@ where
         FaultChoice::LrScale => FaultKind::LearningRateScale { factor: plan.zeta },
         FaultChoice::NanGradient => FaultKind::GradientNan,
     };
-    let faults = FaultSchedule::new(seed).with(Fault::new(kind, plan.fault_start, plan.fault_len));
+    let faults = if arm.faulted() {
+        FaultSchedule::new(seed).with(Fault::new(kind, plan.fault_start, plan.fault_len))
+    } else {
+        FaultSchedule::new(seed)
+    };
     let probe_for_figures = probe.clone();
     let measure =
         Probe::new(vec![probe], |m: &M, b: &M::Batch| m.loss(b)).map_err(controller_err)?;
@@ -257,7 +268,9 @@ where
             innovation: record.map(|r| r.innovation),
             reference: record.map(|r| r.reference),
             threshold: record.map(|r| r.threshold),
-            rejected: report.rolled_back(),
+            rejected: arm.guarded() && report.is_rejection(),
+            action: record.map(|r| action_name(r.action)),
+            rung: record.and_then(|r| r.rung),
             fault: faults.is_active(step),
             param_norm: param_l2_norm(&model.valid()),
             step_seconds: (forward_backward + timings.optimizer).as_secs_f64(),
@@ -275,6 +288,14 @@ fn control_time(arm: Arm, timings: &stab_burn::StepTimings) -> Duration {
         Arm::Baseline => Duration::ZERO,
         _ => timings.measure + timings.snapshot + timings.restore,
     }
+}
+
+/// The action's stable name (its serde tag).
+fn action_name(action: stab_core::Action) -> String {
+    serde_json::to_value(action)
+        .ok()
+        .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn scalar(t: Tensor<1>) -> f64 {

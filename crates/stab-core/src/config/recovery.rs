@@ -25,6 +25,12 @@ pub const MAX_LADDER_COUNT: u64 = 1 << 20;
 /// per task: `κ = max(median + slack_spreads · spread, 0)`, `h = max(alarm_spreads · spread,
 /// min_alarm_epsilons · ε)`. The floor keeps a very smooth run (spread ≈ 0) from alarming on
 /// noise. The detector is armed after `warmup` accepted innovations.
+///
+/// Off by default: on the `cpu` reproduction (ResNet-18 on Fashion-MNIST) a clean run's probe
+/// loss rose from 0.34 to 0.76 over nine nominal steps (CUSUM at 1.2 times its alarm level), more
+/// evidence than the accepted part of a ×300 gradient failure produced (0.9 times): the detector
+/// cannot tell them apart there, and the escalation ladder recovers from the failure anyway.
+/// Turn it on where nominal training is smooth and damage creeps in under ε.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DriftConfig {
@@ -45,7 +51,7 @@ pub struct DriftConfig {
 impl Default for DriftConfig {
     fn default() -> Self {
         Self {
-            enabled: true,
+            enabled: false,
             window: 64,
             warmup: 20,
             slack_spreads: 2.0,

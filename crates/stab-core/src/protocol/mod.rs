@@ -621,7 +621,14 @@ impl StepProtocol {
         let fire = self.ladder.on_reject() && self.config.ladder.enabled;
         let current_position = self.ring.current().map_or(0, |c| c.position);
         if let Some(onset) = drift_onset {
-            // Damage accumulated over accepted steps: restoring the last of them keeps it.
+            // Damage accumulated over accepted steps: restoring the last of them keeps it. With
+            // the ladder off the rewind is the alarm's own action and climbs nothing.
+            if !self.config.ladder.enabled {
+                if let Some(directive) = self.rewind(onset, &mut record) {
+                    return directive;
+                }
+                return self.restore(record);
+            }
             match self.ladder.climb() {
                 None => return self.stop(record),
                 Some((level, _)) => {
