@@ -218,5 +218,5 @@ fn heavy_ball_rosenbrock_converges_at_default_settings() {
     let (loss, counters) = run(&ControllerConfig::default());
     assert!(loss < 1e-3, "final f = {loss}, {counters:?}");
     assert!(counters.optimizer_resets >= 1, "{counters:?}");
-    assert!(counters.longest_rejection_run <= 10 * 5, "{counters:?}");
+    assert!(counters.longest_rejection_run <= 12 * 5, "{counters:?}");
 }

@@ -139,6 +139,9 @@ pub struct StepLog {
     pub rung: Option<u32>,
     /// Whether a fault was injected at this step.
     pub fault: bool,
+    /// Global ℓ2 norm of this step's (possibly faulted) gradient: what the gradient gate judges.
+    #[serde(default)]
+    pub grad_norm: Option<f64>,
     /// ℓ2 norm of all parameters of the state carried forward.
     pub param_norm: f64,
     /// Wall time of forward, backward and optimizer step (no probe), seconds.

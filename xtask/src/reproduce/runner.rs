@@ -244,6 +244,8 @@ where
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let grads = faults.grads(step, grads, &model);
         let forward_backward = started.elapsed();
+        // For the records only (not timed): the norm the gradient gate judges.
+        let grad_norm = stab_burn::gradient_norm(&grads, &model).ok();
 
         let guarded = guard
             .step_with(
@@ -272,6 +274,7 @@ where
             action: record.map(|r| action_name(r.action)),
             rung: record.and_then(|r| r.rung),
             fault: faults.is_active(step),
+            grad_norm,
             param_norm: param_l2_norm(&model.valid()),
             step_seconds: (forward_backward + timings.optimizer).as_secs_f64(),
             control_seconds: control_time(arm, &timings).as_secs_f64(),
