@@ -115,8 +115,8 @@ mod tests {
         for _ in 0..32 {
             g.accept(1.0);
         }
-        // std = 0; floor 0.1 · mean → z = 5 for 1.5, 7 for 1.7.
-        assert_eq!(g.check(1.5), GateVerdict::Pass);
-        assert!(matches!(g.check(1.7), GateVerdict::Reject { .. }));
+        // std = 0; floor 0.1 · mean → z = 11 for 2.1, 13 for 2.3 (limit 12).
+        assert_eq!(g.check(2.1), GateVerdict::Pass);
+        assert!(matches!(g.check(2.3), GateVerdict::Reject { .. }));
     }
 }

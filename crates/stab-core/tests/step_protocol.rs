@@ -1,0 +1,394 @@
+//! The step protocol driven directly (no store): each directive, record field and counter for
+//! observe mode, calibration, the probe cadence, the gate, the drift alarm and misuse.
+
+use stab_core::{
+    Action, Completion, ControllerConfig, Directive, DriftConfig, GateConfig, LadderConfig, Mode,
+    RejectionReason, RingConfig, Rung, SignalKind, SlotId, StabError, StepPlan, StepProtocol,
+};
+
+fn started(config: &ControllerConfig, mode: Mode, y0: Option<f64>) -> StepProtocol {
+    let mut p = StepProtocol::new(config, mode, y0).unwrap();
+    p.start().unwrap();
+    p.complete(Completion::default()).unwrap();
+    p
+}
+
+/// One measured step: begin (with a gradient norm), decide, complete.
+fn measured(p: &mut StepProtocol, norm: Option<f64>, y: f64) -> (Directive, stab_core::Completed) {
+    match p.begin_step(norm).unwrap() {
+        StepPlan::Propose { measure: true } => {}
+        other => panic!("expected a measured proposal, got {other:?}"),
+    }
+    let directive = p.decide(Some(y)).unwrap();
+    (directive, p.complete(Completion::default()).unwrap())
+}
+
+#[test]
+fn start_saves_the_initial_state_into_every_ring_level() {
+    let config = ControllerConfig::default().with_ring(RingConfig { ages: vec![2, 4] });
+    let mut p = StepProtocol::new(&config, Mode::Enforce, Some(1.0)).unwrap();
+    let Directive::Commit(update) = p.start().unwrap() else {
+        panic!("the initial save is a commit")
+    };
+    assert_eq!(update.retain, vec![SlotId(2), SlotId(4)]);
+    assert!(update.promote.is_empty());
+    let done = p.complete(Completion::fingerprinted(7)).unwrap();
+    assert_eq!(
+        (done.step, done.action, done.record),
+        (0, Action::Commit, None)
+    );
+    assert_eq!(p.next_step(), 0, "the initial save is not a step");
+    assert_eq!(
+        p.slot_positions(),
+        vec![Some(0), None, Some(0), None, Some(0)]
+    );
+    assert_eq!(p.slots(), 5);
+}
+
+#[test]
+fn observe_mode_decides_but_keeps_every_proposal_and_saves_nothing() {
+    let mut p = StepProtocol::new(&ControllerConfig::default(), Mode::Observe, Some(1.0)).unwrap();
+    assert_eq!(p.start().unwrap(), Directive::Keep);
+    p.complete(Completion::default()).unwrap();
+    let (d, done) = measured(&mut p, Some(f64::NAN), 100.0);
+    assert_eq!(d, Directive::Keep, "no gate and no restore in observe mode");
+    assert_eq!(done.action, Action::Observe);
+    assert!(!done.record.as_ref().unwrap().decision.is_accepted());
+    let (d, done) = measured(&mut p, None, 0.9);
+    assert_eq!(d, Directive::Keep);
+    assert_eq!(done.action, Action::Commit);
+    assert_eq!(p.counters().rejected, 1);
+    assert_eq!(p.counters().accepted, 1);
+    assert_eq!(p.mode(), Mode::Observe);
+}
+
+#[test]
+fn a_signal_without_y0_calibrates_on_its_first_measured_step() {
+    let config = ControllerConfig::default().with_signal(SignalKind::GradientNormSpike);
+    let mut p = started(&config, Mode::Enforce, None);
+    assert!(p.controller().is_none());
+    assert_eq!(p.counters(), Default::default());
+    let (d, done) = measured(&mut p, None, 3.0);
+    assert!(matches!(d, Directive::Commit(_)));
+    assert_eq!((done.action, done.record), (Action::Calibrate, None));
+    assert_eq!(p.reference(), Some(3.0));
+    let err = StepProtocol::new(&config, Mode::Enforce, None)
+        .and_then(|mut p| {
+            p.start()?;
+            p.complete(Completion::default())?;
+            p.begin_step(None)?;
+            p.decide(Some(f64::NAN))
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, StabError::NonFiniteInitialMeasurement { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn probe_cadence_keeps_unprobed_proposals_and_their_gradient_norms_wait_for_the_decision() {
+    let config = ControllerConfig::default()
+        .with_probe_interval(3)
+        .with_gate(GateConfig {
+            warmup: 2,
+            ..GateConfig::default()
+        });
+    let mut p = started(&config, Mode::Enforce, Some(1.0));
+    for t in 0..2 {
+        assert_eq!(
+            p.begin_step(Some(1.0)).unwrap(),
+            StepPlan::Propose { measure: false }
+        );
+        assert_eq!(p.decide(None).unwrap(), Directive::Keep);
+        let done = p.complete(Completion::default()).unwrap();
+        assert_eq!(
+            (done.step, done.action, done.record),
+            (t, Action::Unprobed, None)
+        );
+    }
+    // The two unprobed norms and this one enter the gate only now: it is armed after.
+    assert_eq!(
+        p.begin_step(Some(1.0)).unwrap(),
+        StepPlan::Propose { measure: true }
+    );
+    assert!(matches!(p.decide(Some(0.9)).unwrap(), Directive::Commit(_)));
+    p.complete(Completion::default()).unwrap();
+    assert_eq!(p.begin_step(Some(300.0)).unwrap(), StepPlan::Skip);
+    let done = p.complete(Completion::default()).unwrap();
+    assert_eq!(done.action, Action::Skip);
+    // A missing measurement on a probed step is an error, not a guess.
+    let config = ControllerConfig::default();
+    let mut p = started(&config, Mode::Enforce, Some(1.0));
+    p.begin_step(None).unwrap();
+    assert!(matches!(
+        p.decide(None),
+        Err(StabError::MissingMeasurement { step: 0 })
+    ));
+}
+
+#[test]
+fn unprobed_norms_of_a_rejected_stretch_never_enter_the_gate() {
+    let config = ControllerConfig::default()
+        .with_probe_interval(2)
+        .with_gate(GateConfig {
+            warmup: 2,
+            ..GateConfig::default()
+        });
+    let mut p = started(&config, Mode::Enforce, Some(1.0));
+    // Unprobed 50, then a rejected probe: 50 must not count as nominal.
+    p.begin_step(Some(50.0)).unwrap();
+    p.decide(None).unwrap();
+    p.complete(Completion::default()).unwrap();
+    let (d, _) = measured(&mut p, Some(1.0), 100.0);
+    assert_eq!(d, Directive::Restore);
+    for _ in 0..2 {
+        p.begin_step(Some(1.0)).unwrap();
+        p.decide(None).unwrap();
+        p.complete(Completion::default()).unwrap();
+        measured(&mut p, Some(1.0), 0.9);
+    }
+    // Armed on four norms of 1.0 only: 50 is far out.
+    assert_eq!(p.begin_step(Some(50.0)).unwrap(), StepPlan::Skip);
+}
+
+#[test]
+fn the_gate_lets_one_gradient_through_after_its_patience() {
+    let config = ControllerConfig::default().with_gate(GateConfig {
+        warmup: 2,
+        patience: 3,
+        ..GateConfig::default()
+    });
+    let mut p = started(&config, Mode::Enforce, Some(1.0));
+    measured(&mut p, Some(1.0), 0.9);
+    measured(&mut p, Some(1.0), 0.9);
+    let mut plans = Vec::new();
+    for _ in 0..5 {
+        let plan = p.begin_step(Some(f64::NAN)).unwrap();
+        if plan == StepPlan::Skip {
+            let done = p.complete(Completion::default()).unwrap();
+            let record = done.record.unwrap();
+            assert!(record.measurement.is_nan());
+            assert!(matches!(
+                record.decision.rejection_reason(),
+                Some(RejectionReason::GradientGate { .. })
+            ));
+        } else {
+            p.decide(Some(f64::NAN)).unwrap();
+            p.complete(Completion::default()).unwrap();
+        }
+        plans.push(plan);
+    }
+    use StepPlan::{Propose, Skip};
+    assert_eq!(
+        plans,
+        [Skip, Skip, Skip, Propose { measure: true }, Skip],
+        "three skips, then one through to the probe, then the gate again"
+    );
+    assert_eq!(p.counters().gate_rejections, 4);
+    assert_eq!(p.counters().rejected, 5);
+}
+
+#[test]
+fn a_drift_alarm_rejects_and_rewinds_past_its_onset() {
+    let config = ControllerConfig::default()
+        .with_ring(RingConfig { ages: vec![2] })
+        .with_drift(DriftConfig {
+            enabled: true,
+            warmup: 4,
+            ..DriftConfig::default()
+        });
+    let mut p = started(&config, Mode::Enforce, Some(1.0));
+    let mut y = 1.0;
+    for _ in 0..8 {
+        y -= 0.01;
+        measured(&mut p, None, y);
+    }
+    // Steps 8 and 9 each sit 0.45 above ŷ: under ε, but together a drift.
+    let (d, done) = {
+        let y = p.reference().unwrap() + 0.45;
+        measured(&mut p, None, y)
+    };
+    assert!(matches!(d, Directive::Commit(_)), "{done:?}");
+    assert!(p.drift_statistic() > 0.0);
+    let (d, done) = {
+        let y = p.reference().unwrap() + 0.45;
+        measured(&mut p, None, y)
+    };
+    let record = done.record.unwrap();
+    let Some(RejectionReason::DriftAlarm {
+        onset,
+        statistic,
+        threshold,
+    }) = record.decision.rejection_reason()
+    else {
+        panic!("expected a drift alarm, got {record:?}")
+    };
+    assert_eq!(onset, 9, "the first state the drift produced (step 8's)");
+    assert!(statistic > threshold);
+    let Directive::Rewind { slot, .. } = d else {
+        panic!("a drift alarm rewinds, got {d:?}")
+    };
+    assert_ne!(slot, SlotId::CURRENT);
+    assert_eq!(done.action, Action::Rewind { to_position: 8 });
+    assert_eq!(record.rung, Some(1));
+    assert_eq!(p.counters().drift_alarms, 1);
+    assert_eq!(p.counters().rewinds, 1);
+    assert_eq!(p.counters().escalations, 1);
+    assert_eq!(p.ladder_level(), 1);
+    assert_eq!(
+        p.drift_statistic(),
+        0.0,
+        "the target's detector state is back"
+    );
+
+    // With the ladder off, the alarm still rewinds but climbs nothing.
+    let config = config.with_ladder(LadderConfig {
+        enabled: false,
+        ..LadderConfig::default()
+    });
+    let mut p = started(&config, Mode::Enforce, Some(1.0));
+    let mut y = 1.0;
+    for _ in 0..8 {
+        y -= 0.01;
+        measured(&mut p, None, y);
+    }
+    {
+        let y = p.reference().unwrap() + 0.45;
+        measured(&mut p, None, y)
+    };
+    let (d, done) = {
+        let y = p.reference().unwrap() + 0.45;
+        measured(&mut p, None, y)
+    };
+    assert!(matches!(d, Directive::Rewind { .. }), "{d:?}");
+    assert_eq!(done.record.unwrap().rung, None);
+    assert_eq!(p.ladder_level(), 0);
+}
+
+#[test]
+fn rungs_that_cannot_act_pass_to_the_next_and_an_empty_ladder_stops() {
+    // No ring (no rewind target) and no reset support: both rungs pass, the run stops.
+    let config = ControllerConfig::default()
+        .with_ring(RingConfig { ages: vec![] })
+        .with_ladder(LadderConfig {
+            enabled: true,
+            rejections_per_rung: 2,
+            rungs: vec![Rung::Rewind, Rung::ResetOptimizer],
+            cooldown: 5,
+        });
+    let mut p = started(&config, Mode::Enforce, Some(1.0));
+    measured(&mut p, None, 0.9);
+    let (d, _) = measured(&mut p, None, 50.0);
+    assert_eq!(d, Directive::Restore);
+    let (d, done) = measured(&mut p, None, 50.0);
+    assert_eq!(d, Directive::Stop);
+    assert_eq!(done.action, Action::Stop);
+    let why = p.exhausted().unwrap().clone();
+    assert_eq!(why.step, 2);
+    assert_eq!(why.last_accepted_position, 1);
+    assert_eq!(why.rungs, 2);
+    assert!(
+        why.to_string().contains("recovery exhausted at step 2"),
+        "{why}"
+    );
+    assert!(matches!(p.begin_step(None), Err(StabError::Stopped(_))));
+    assert_eq!(p.counters().escalations, 2);
+
+    // The same ladder with reset support resets instead of stopping.
+    let mut p = StepProtocol::new(&config, Mode::Enforce, Some(1.0))
+        .unwrap()
+        .with_optimizer_reset(true);
+    p.start().unwrap();
+    p.complete(Completion::default()).unwrap();
+    measured(&mut p, None, 0.9);
+    measured(&mut p, None, 50.0);
+    let (d, done) = measured(&mut p, None, 50.0);
+    assert_eq!(d, Directive::ResetOptimizer);
+    assert_eq!(done.record.unwrap().rung, Some(2));
+    assert_eq!(p.counters().optimizer_resets, 1);
+    assert_eq!(
+        p.slot_positions()[0],
+        Some(3),
+        "the reset state is the new current one"
+    );
+}
+
+#[test]
+fn calls_out_of_order_are_typed_errors_and_a_failed_step_can_be_abandoned() {
+    let mut p = StepProtocol::new(&ControllerConfig::default(), Mode::Enforce, Some(1.0)).unwrap();
+    assert!(matches!(
+        p.begin_step(None),
+        Err(StabError::OutOfOrder {
+            called: "begin_step",
+            expected: "start"
+        })
+    ));
+    p.start().unwrap();
+    assert!(matches!(
+        p.start(),
+        Err(StabError::OutOfOrder {
+            called: "start",
+            ..
+        })
+    ));
+    assert!(matches!(
+        p.decide(Some(1.0)),
+        Err(StabError::OutOfOrder { .. })
+    ));
+    p.complete(Completion::default()).unwrap();
+    assert!(matches!(
+        p.complete(Completion::default()),
+        Err(StabError::OutOfOrder {
+            called: "complete",
+            expected: "begin_step"
+        })
+    ));
+    assert!(matches!(
+        p.abandon_step(),
+        Err(StabError::OutOfOrder { .. })
+    ));
+    p.begin_step(None).unwrap();
+    p.abandon_step().unwrap();
+    assert_eq!(p.next_step(), 1);
+    assert_eq!(p.counters().steps, 0, "nothing was decided");
+}
+
+#[test]
+fn a_restore_whose_fingerprint_differs_is_a_safety_violation() {
+    let mut p = StepProtocol::new(&ControllerConfig::default(), Mode::Enforce, Some(1.0)).unwrap();
+    p.start().unwrap();
+    p.complete(Completion::fingerprinted(11)).unwrap();
+    p.begin_step(None).unwrap();
+    assert_eq!(p.decide(Some(9.0)).unwrap(), Directive::Restore);
+    let err = p.complete(Completion::fingerprinted(12)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StabError::Safety(stab_core::SafetyViolation::InexactRestore {
+                step: 0,
+                expected: 11,
+                actual: 12
+            })
+        ),
+        "{err}"
+    );
+    // The right fingerprint completes the step.
+    let done = p.complete(Completion::fingerprinted(11)).unwrap();
+    assert_eq!(done.action, Action::Restore);
+}
+
+#[test]
+fn actions_serialize_with_a_kind_tag() {
+    let json = serde_json::to_string(&Action::Rewind { to_position: 7 }).unwrap();
+    assert_eq!(json, r#"{"kind":"rewind","to_position":7}"#);
+    let back: Action = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, Action::Rewind { to_position: 7 });
+    assert_eq!(
+        serde_json::to_string(&Action::ResetOptimizer).unwrap(),
+        r#"{"kind":"reset-optimizer"}"#
+    );
+    assert!(Action::Stop.discards_proposal());
+    assert!(!Action::Skip.discards_proposal());
+    assert!(!Action::Commit.discards_proposal());
+}
