@@ -113,7 +113,7 @@ proptest! {
                     let last = sup.take_last_accepted().expect("the last accepted state is kept");
                     prop_assert_eq!(bits(&last), bits(&lineage[&current_position]));
                     prop_assert_eq!(why.last_accepted_position, current_position);
-                    let again = sup.step(last, |s| Ok::<_, Infallible>(s), |_| Ok(0.0));
+                    let again = sup.step(last, Ok::<_, Infallible>, |_| Ok(0.0));
                     prop_assert!(matches!(again, Err(StabError::Stopped(_))));
                     return Ok(());
                 }
@@ -180,9 +180,9 @@ fn heavy_ball_rosenbrock_converges_at_default_settings() {
     };
     let step = |mut s: Descent| {
         let g = grad(&s.x);
-        for i in 0..2 {
-            s.v[i] = 0.9 * s.v[i] + g[i];
-            s.x[i] -= 1e-3 * s.v[i];
+        for ((x, v), g) in s.x.iter_mut().zip(s.v.iter_mut()).zip(g) {
+            *v = 0.9 * *v + g;
+            *x -= 1e-3 * *v;
         }
         s
     };

@@ -66,7 +66,7 @@ fn median_of(values: &mut [f64]) -> Option<f64> {
     }
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
-    Some(if values.len() % 2 == 1 {
+    Some(if !values.len().is_multiple_of(2) {
         values[mid]
     } else {
         values[mid - 1] / 2.0 + values[mid] / 2.0

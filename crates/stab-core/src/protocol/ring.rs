@@ -91,7 +91,7 @@ impl Ring {
         self.slots[0] = Some(meta);
         let mut update = RingUpdate::default();
         for (level, &age) in self.ages.iter().enumerate() {
-            if depth % age != 0 {
+            if !depth.is_multiple_of(age) {
                 continue;
             }
             let (older, newer) = (Self::older(level), Self::newer(level));
