@@ -249,8 +249,9 @@ fn timing(device: &Device, initial: &Net) -> Result<(), Box<dyn std::error::Erro
         if name.ends_with("store") {
             let m = guard.store_memory();
             println!(
-                "memory, {name}: device-private {} B, device-shared {} B, host {} B",
-                m.device_private, m.device_shared, m.host
+                "memory, {name}: {} snapshots (ring ages 8, 64), device-private {} B, \
+                 device-shared {} B, host {} B",
+                m.snapshots, m.device_private, m.device_shared, m.host
             );
         }
     }

@@ -360,4 +360,49 @@ mod tests {
         assert_eq!(s.undetected, 1);
         assert!(s.peak.display(2).contains("diverged"));
     }
+
+    #[test]
+    fn recovery_metrics_compare_with_the_clean_run_of_the_same_seed() {
+        let mut probe = vec![1.0; 12];
+        probe.extend([2.0, 2.0, 2.0, 2.0, 2.0, 3.0]);
+        let mut r = run(&probe, &[12, 13, 14, 16]);
+        let actions = ["restore", "restore", "rewind", "commit", "skip", "commit"];
+        for (step, action) in r.steps[12..].iter_mut().zip(actions) {
+            step.action = Some(action.to_owned());
+        }
+        r.steps[14].rung = Some(1);
+        let mut clean = run(&[1.5; 18], &[]);
+        clean.arm = Arm::Clean;
+        let mut other_seed = run(&[100.0; 18], &[]);
+        other_seed.seed = 1;
+        let s = summarize(
+            Arm::Controlled,
+            &[&r],
+            &[&other_seed, &clean],
+            FailureWindow { start: 12, len: 2 },
+        );
+        assert_eq!(s.longest_rejection_run, 3);
+        assert_eq!(
+            s.actions,
+            ActionCounts {
+                skips: 1,
+                restores: 2,
+                rewinds: 1,
+                resets: 0,
+                stops: 0,
+                rungs: 1
+            }
+        );
+        assert_eq!(s.final_vs_clean.unwrap().mean, 2.0, "3.0 / 1.5, same seed");
+        // Last 10 steps: four at 1.0, five at 2.0, one at 3.0 → 1.7; the clean run's 1.5.
+        assert!((s.last10.mean - 1.7).abs() < 1e-12);
+        assert!((s.last10_vs_clean.unwrap().mean - 1.7 / 1.5).abs() < 1e-12);
+        let alone = summarize(
+            Arm::Controlled,
+            &[&r],
+            &[],
+            FailureWindow { start: 12, len: 2 },
+        );
+        assert!(alone.final_vs_clean.is_none() && alone.last10_vs_clean.is_none());
+    }
 }

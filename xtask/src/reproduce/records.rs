@@ -115,9 +115,11 @@ pub struct StepLog {
     /// Step index t.
     pub step: u64,
     /// Training loss of this step's minibatch at θ_t (before the update).
+    #[serde(deserialize_with = "nan_if_null")]
     pub train_loss: f64,
     /// Probe loss of the state carried forward, y(θ_{t+1}) (after a rejection: the restored one).
-    /// `null` in JSON when not finite (see `probe_loss_finite`).
+    /// `null` in JSON when not finite (read back as NaN).
+    #[serde(deserialize_with = "nan_if_null")]
     pub probe_loss: f64,
     /// The controller's measurement of the proposal (arms with a controller).
     pub measurement: Option<f64>,
@@ -143,11 +145,20 @@ pub struct StepLog {
     #[serde(default)]
     pub grad_norm: Option<f64>,
     /// ℓ2 norm of all parameters of the state carried forward.
+    #[serde(deserialize_with = "nan_if_null")]
     pub param_norm: f64,
     /// Wall time of forward, backward and optimizer step (no probe), seconds.
+    #[serde(deserialize_with = "nan_if_null")]
     pub step_seconds: f64,
     /// Wall time of the controller's work this step (probe evaluation, snapshot or restore), seconds.
+    #[serde(deserialize_with = "nan_if_null")]
     pub control_seconds: f64,
+}
+
+/// Reads an `f64` that JSON may hold as `null` (serde_json writes NaN and ±∞ as `null`): a
+/// diverged run's records read back as NaN instead of failing.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    Option::<f64>::deserialize(deserializer).map(|v| v.unwrap_or(f64::NAN))
 }
 
 /// A whole run: one model, one arm, one seed.
@@ -253,5 +264,75 @@ impl RunLog {
             run.steps.push(line.step);
         }
         run.ok_or_else(|| bad("no records".to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(t: u64, probe: f64) -> StepLog {
+        StepLog {
+            step: t,
+            train_loss: 1.0,
+            probe_loss: probe,
+            measurement: Some(probe),
+            innovation: Some(0.1),
+            reference: Some(1.0),
+            threshold: Some(0.5),
+            rejected: t == 1,
+            action: Some(if t == 1 { "rewind" } else { "commit" }.to_owned()),
+            rung: (t == 1).then_some(2),
+            fault: false,
+            grad_norm: Some(3.5),
+            param_norm: 2.0,
+            step_seconds: 0.01,
+            control_seconds: 0.001,
+        }
+    }
+
+    #[test]
+    fn run_records_read_back_what_was_written_and_refuse_bad_files() {
+        let dir = std::env::temp_dir().join(format!("stab-records-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = RunLog {
+            model: ModelKind::Transformer,
+            arm: Arm::ProbeOnly,
+            seed: 3,
+            data_source: "synthetic".into(),
+            device: "Flex(Cpu)".into(),
+            batch_size: 64,
+            probe_size: 16,
+            steps: vec![step(0, 0.9), step(1, 0.8), step(2, 0.7)],
+        };
+        let path = dir.join("run.jsonl");
+        run.write_jsonl(&path).unwrap();
+        assert_eq!(RunLog::read_jsonl(&path).unwrap(), run);
+        // A diverged run: JSON holds its NaN probe loss as null; it reads back as NaN.
+        let mut diverged = run.clone();
+        diverged.steps[2].probe_loss = f64::NAN;
+        diverged.write_jsonl(&path).unwrap();
+        let back = RunLog::read_jsonl(&path).unwrap();
+        assert!(back.steps[2].probe_loss.is_nan());
+        assert_eq!(back.steps[..2], diverged.steps[..2]);
+
+        let empty = dir.join("empty.jsonl");
+        std::fs::write(&empty, "").unwrap();
+        let err = RunLog::read_jsonl(&empty).unwrap_err();
+        assert!(err.to_string().contains("no records"), "{err}");
+        let garbled = dir.join("garbled.jsonl");
+        std::fs::write(&garbled, "{not json\n").unwrap();
+        let err = RunLog::read_jsonl(&garbled).unwrap_err();
+        assert!(err.to_string().contains("line 1"), "{err}");
+        let mixed = dir.join("mixed.jsonl");
+        let mut other = run.clone();
+        other.seed = 4;
+        other.write_jsonl(&mixed).unwrap();
+        let text =
+            std::fs::read_to_string(&path).unwrap() + &std::fs::read_to_string(&mixed).unwrap();
+        std::fs::write(&mixed, text).unwrap();
+        let err = RunLog::read_jsonl(&mixed).unwrap_err();
+        assert!(err.to_string().contains("another run"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
