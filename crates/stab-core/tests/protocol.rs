@@ -93,8 +93,10 @@ proptest! {
             .unwrap()
             .with_fingerprint(&initial, fingerprint)
             .with_optimizer_reset(|mut s: State| { s.momentum = 0.0; s });
-        // The current lineage: position → state accepted there.
+        // The current lineage: position → state accepted there, and ŷ right after accepting it.
         let mut lineage: HashMap<u64, State> = HashMap::from([(0, initial.clone())]);
+        let mut references: HashMap<u64, u64> =
+            HashMap::from([(0, sup.controller().reference().to_bits())]);
         let mut current_position = 0_u64;
         let mut state = initial;
         let mut run = 0_u64;
@@ -129,6 +131,7 @@ proptest! {
                     prop_assert_eq!(&step.state, &proposal);
                     current_position = t + 1;
                     lineage.insert(current_position, proposal.clone());
+                    references.insert(current_position, record.reference_after.to_bits());
                     run = 0;
                 }
                 Action::Restore => {
@@ -140,6 +143,8 @@ proptest! {
                     prop_assert!(to_position < current_position || (to_position == 0 && current_position == 0) || to_position < t + 1);
                     let target = lineage.get(&to_position).expect("a rewind restores a state of the current lineage");
                     prop_assert_eq!(bits(&step.state), bits(target));
+                    // The controller's reference comes back with the state.
+                    prop_assert_eq!(sup.controller().reference().to_bits(), references[&to_position]);
                     prop_assert!(to_position <= current_position);
                     lineage.retain(|&p, _| p <= to_position);
                     current_position = to_position;
@@ -151,6 +156,7 @@ proptest! {
                     prop_assert_eq!(step.state.momentum, 0.0);
                     current_position = t + 1;
                     lineage.insert(current_position, step.state.clone());
+                    references.insert(current_position, sup.controller().reference().to_bits());
                     run += 1;
                 }
                 other => prop_assert!(false, "unexpected action {:?}", other),
