@@ -43,6 +43,33 @@ fn start_saves_the_initial_state_into_every_ring_level() {
         vec![Some(0), None, Some(0), None, Some(0)]
     );
     assert_eq!(p.slots(), 5);
+    assert_eq!(p.config(), &config);
+    assert!(p.controller().is_some());
+}
+
+#[test]
+fn commits_keep_the_ring_on_its_schedule_of_accepted_steps() {
+    let config = ControllerConfig::default().with_ring(RingConfig { ages: vec![2] });
+    let mut p = started(&config, Mode::Enforce, Some(1.0));
+    let mut retained = Vec::new();
+    for _ in 0..5 {
+        let (d, _) = measured(&mut p, None, 0.9);
+        let Directive::Commit(update) = d else {
+            panic!("accepted")
+        };
+        retained.push(update.retain.len());
+    }
+    // Depths 1..=5: the level of age 2 takes the states at depths 2 and 4.
+    assert_eq!(retained, [0, 1, 0, 1, 0]);
+    assert_eq!(p.slot_positions(), vec![Some(5), Some(2), Some(4)]);
+    // A rejection does not advance the schedule: the next commit is depth 6, a multiple of 2.
+    measured(&mut p, None, 50.0);
+    let (d, _) = measured(&mut p, None, 0.9);
+    let Directive::Commit(update) = d else {
+        panic!("accepted")
+    };
+    assert_eq!(update.promote, vec![(SlotId(2), SlotId(1))]);
+    assert_eq!(p.slot_positions(), vec![Some(7), Some(4), Some(7)]);
 }
 
 #[test]
@@ -72,6 +99,7 @@ fn a_signal_without_y0_calibrates_on_its_first_measured_step() {
     assert!(matches!(d, Directive::Commit(_)));
     assert_eq!((done.action, done.record), (Action::Calibrate, None));
     assert_eq!(p.reference(), Some(3.0));
+    assert!(p.controller().is_some());
     let err = StepProtocol::new(&config, Mode::Enforce, None)
         .and_then(|mut p| {
             p.start()?;
