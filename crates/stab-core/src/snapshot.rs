@@ -197,5 +197,13 @@ mod tests {
         store.release(SlotId(9)).unwrap();
         assert_eq!(store.slot(SlotId(2)), None);
         assert_eq!(store.occupied(), 1);
+        assert_eq!(store.get(), Some(&1));
+    }
+
+    #[test]
+    fn an_empty_slot_names_itself_in_the_error() {
+        let err = InMemoryStore::<u8>::new().rewind(SlotId(3)).unwrap_err();
+        assert_eq!(err.to_string(), "slot 3 holds no snapshot");
+        assert_eq!(InMemoryStore::<u8>::new().get(), None);
     }
 }
