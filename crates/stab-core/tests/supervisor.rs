@@ -35,6 +35,7 @@ fn probe_interval_measures_every_kth_step_and_rolls_back_past_unprobed_steps() {
                 },
             )
             .unwrap();
+        assert_eq!(sup.next_step(), t + 1);
         assert_eq!(step.outcome.is_rejection(), t == 5, "step {t}");
         assert_eq!(step.outcome.record().is_some(), t == 2 || t == 5, "step {t}");
         match (t, &step.outcome) {
@@ -46,6 +47,7 @@ fn probe_interval_measures_every_kth_step_and_rolls_back_past_unprobed_steps() {
         state = step.state;
     }
     assert_eq!(measured, vec![3, 6]);
+    assert!(format!("{sup:?}").starts_with("Supervisor { protocol: StepProtocol"));
     // The rejection at step 5 rolled back to the state accepted at step 2 (three increments).
     assert_eq!(state, 3);
 }
