@@ -255,6 +255,60 @@ mod tests {
         };
         let err = base.clone().with_gate(gate).validate().unwrap_err();
         assert!(err.to_string().contains("gate.z"), "{err}");
+        // Bounds are inclusive; infinities and negative spreads are refused.
+        assert_eq!(
+            base.clone().with_spike_window(MAX_WINDOW).validate(),
+            Ok(())
+        );
+        let err = base
+            .clone()
+            .with_spike_window(MAX_WINDOW + 1)
+            .validate()
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::TooLarge { .. }), "{err}");
+        let ring = RingConfig {
+            ages: vec![2, MAX_RING_AGE],
+        };
+        assert_eq!(base.clone().with_ring(ring).validate(), Ok(()));
+        for z in [f64::INFINITY, 0.0, -1.0] {
+            let gate = GateConfig {
+                z,
+                ..GateConfig::default()
+            };
+            let err = base.clone().with_gate(gate).validate().unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::NotPositive {
+                        field: "gate.z",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
+        for slack in [-1.0, f64::INFINITY, f64::NAN] {
+            let drift = DriftConfig {
+                slack_spreads: slack,
+                ..DriftConfig::default()
+            };
+            let err = base.clone().with_drift(drift).validate().unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::Negative {
+                        field: "drift.slack_spreads",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
+        let drift = DriftConfig {
+            slack_spreads: 0.0,
+            ..DriftConfig::default()
+        };
+        assert_eq!(base.clone().with_drift(drift).validate(), Ok(()));
         let ladder = LadderConfig {
             rejections_per_rung: 0,
             ..LadderConfig::default()

@@ -37,7 +37,11 @@ fn probe_interval_measures_every_kth_step_and_rolls_back_past_unprobed_steps() {
             .unwrap();
         assert_eq!(sup.next_step(), t + 1);
         assert_eq!(step.outcome.is_rejection(), t == 5, "step {t}");
-        assert_eq!(step.outcome.record().is_some(), t == 2 || t == 5, "step {t}");
+        assert_eq!(
+            step.outcome.record().is_some(),
+            t == 2 || t == 5,
+            "step {t}"
+        );
         match (t, &step.outcome) {
             (2, StepOutcome::Decided(r)) => assert!(r.decision.is_accepted()),
             (5, StepOutcome::Decided(r)) => assert!(!r.decision.is_accepted()),

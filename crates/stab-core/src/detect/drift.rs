@@ -176,4 +176,19 @@ mod tests {
         let (_, h2) = d.levels(0.5, 2).unwrap();
         assert_eq!(h2, 3.0 * h0);
     }
+
+    #[test]
+    fn levels_follow_the_median_and_spread_and_the_alarm_needs_more_than_h() {
+        // Median 0.1, MAD 0.05 → spread 0.0741: κ = 0.1 + 2 · spread, h = max(8 · spread, ε).
+        let d = warmed(&[0.05, 0.1, 0.15, 0.1, 0.05, 0.15, 0.1]);
+        let spread = 1.482_602_218_505_602 * 0.05;
+        let (slack, alarm) = d.levels(0.5, 0).unwrap();
+        assert!((slack - (0.1 + 2.0 * spread)).abs() < 1e-12, "{slack}");
+        assert!((alarm - 8.0 * spread).abs() < 1e-12, "{alarm}");
+        // A flat window: κ floors at 0, h at ε; S must exceed h, not reach it.
+        let d = warmed(&[-0.1; 6]);
+        assert_eq!(d.levels(0.5, 0), Some((0.0, 0.5)));
+        assert!(d.check(0.5, 0.5, 0, 7).is_none());
+        assert!(d.check(0.500_001, 0.5, 0, 7).is_some());
+    }
 }
