@@ -119,4 +119,26 @@ mod tests {
         assert_eq!(g.check(2.1), GateVerdict::Pass);
         assert!(matches!(g.check(2.3), GateVerdict::Reject { .. }));
     }
+
+    #[test]
+    fn an_unarmed_gate_passes_any_finite_norm_and_the_floor_scales_with_the_mean() {
+        let mut g = GradientGate::new(&GateConfig::default());
+        for _ in 0..3 {
+            g.accept(1.0);
+        }
+        assert!(!g.armed());
+        assert_eq!(
+            g.check(1e9),
+            GateVerdict::Pass,
+            "3 norms of 32: still warming up"
+        );
+        let mut g = GradientGate::new(&GateConfig::default());
+        for _ in 0..32 {
+            g.accept(10.0);
+        }
+        assert!(g.armed());
+        // Floor 0.1 · 10 = 1: z = 11 for 21, 13 for 23.
+        assert_eq!(g.check(21.0), GateVerdict::Pass);
+        assert!(matches!(g.check(23.0), GateVerdict::Reject { .. }));
+    }
 }
