@@ -80,6 +80,9 @@ mod tests {
     #[test]
     fn keeps_the_most_recent_values() {
         let mut w = Window::new(3);
+        assert!(w.is_empty());
+        w.push(0.0);
+        assert!(!w.is_empty());
         for v in [1.0, 2.0, 3.0, 4.0] {
             w.push(v);
         }
