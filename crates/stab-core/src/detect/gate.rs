@@ -139,7 +139,11 @@ mod tests {
         assert!(g.armed());
         // Floor 0.1 · 10 = 1: z = 11 for 21, 13 for 23.
         assert_eq!(g.check(21.0), GateVerdict::Pass);
-        assert_eq!(g.check(22.0), GateVerdict::Pass, "z = 12 exactly is not above the limit");
+        assert_eq!(
+            g.check(22.0),
+            GateVerdict::Pass,
+            "z = 12 exactly is not above the limit"
+        );
         assert!(matches!(g.check(23.0), GateVerdict::Reject { .. }));
     }
 }
