@@ -420,3 +420,33 @@ fn actions_serialize_with_a_kind_tag() {
     assert!(!Action::Skip.discards_proposal());
     assert!(!Action::Commit.discards_proposal());
 }
+
+#[test]
+fn a_reset_state_is_fingerprinted_and_later_restores_are_checked_against_it() {
+    let config = ControllerConfig::default().with_ladder(LadderConfig {
+        enabled: true,
+        rejections_per_rung: 1,
+        rungs: vec![Rung::ResetOptimizer],
+        cooldown: 50,
+    });
+    let mut p = StepProtocol::new(&config, Mode::Enforce, Some(1.0))
+        .unwrap()
+        .with_optimizer_reset(true);
+    p.start().unwrap();
+    p.complete(Completion::fingerprinted(1)).unwrap();
+    p.begin_step(None).unwrap();
+    assert_eq!(p.decide(Some(50.0)).unwrap(), Directive::ResetOptimizer);
+    p.complete(Completion::fingerprinted(2)).unwrap();
+    // The next rejection ends the run, restoring the reset state: fingerprint 2, not 1.
+    p.begin_step(None).unwrap();
+    assert_eq!(p.decide(Some(50.0)).unwrap(), Directive::Stop);
+    let err = p.complete(Completion::fingerprinted(1)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StabError::Safety(stab_core::SafetyViolation::InexactRestore { expected: 2, .. })
+        ),
+        "{err}"
+    );
+    assert!(p.complete(Completion::fingerprinted(2)).is_ok());
+}
