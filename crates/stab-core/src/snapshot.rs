@@ -147,8 +147,8 @@ impl<S: Clone> SnapshotStore<S> for InMemoryStore<S> {
     }
 
     fn release(&mut self, slot: SlotId) -> Result<(), Self::Error> {
-        if usize::from(slot.0) < self.slots.len() {
-            self.put(slot, None);
+        if let Some(entry) = self.slots.get_mut(usize::from(slot.0)) {
+            *entry = None;
         }
         Ok(())
     }
