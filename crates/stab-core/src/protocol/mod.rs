@@ -445,13 +445,9 @@ impl StepProtocol {
             advances,
         } = *pending;
         let step = self.step;
+        // Commits and resets (whose update is empty) record the new current state's fingerprint.
         if let Some(update) = &update {
             self.ring.set_fingerprint(update, completion.fingerprint);
-        }
-        if matches!(directive, Directive::ResetOptimizer)
-            && let Some(current) = self.ring.current_mut()
-        {
-            current.fingerprint = completion.fingerprint;
         }
         if let (Some(expected), Some(actual)) = (expected, completion.fingerprint)
             && expected != actual

@@ -80,10 +80,6 @@ impl Ring {
         self.slots[0].as_ref()
     }
 
-    pub fn current_mut(&mut self) -> Option<&mut SlotMeta> {
-        self.slots[0].as_mut()
-    }
-
     /// Records a new current state (a commit, or the initial save) and returns the store
     /// operations that keep the spaced levels up to date.
     pub fn commit(&mut self, meta: SlotMeta) -> RingUpdate {
