@@ -151,6 +151,12 @@ fn fashion_mnist_directory_loads_as_one_channel_28_by_28() {
 fn real_fashion_mnist_from_the_debian_package_loads_when_installed() {
     let dir = Path::new(DEFAULT_FASHION_MNIST_DIR);
     if !is_fashion_mnist_dir(dir) {
+        // CI installs the data and sets STAB_REQUIRE_DATA: there, a missing dataset is a failure,
+        // never a silent pass.
+        assert!(
+            std::env::var_os("STAB_REQUIRE_DATA").is_none(),
+            "Fashion-MNIST is not installed at {DEFAULT_FASHION_MNIST_DIR} but STAB_REQUIRE_DATA is set"
+        );
         println!(
             "skipped: Fashion-MNIST not installed at {DEFAULT_FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)"
         );

@@ -29,8 +29,13 @@ impl EwmaReference {
         self.alpha
     }
 
-    /// Folds one finite measurement in.
+    /// Folds one finite measurement in. A non-finite measurement (NaN, ±∞) is ignored: it is no
+    /// accepted measurement, and the reference must stay finite (the controller never passes
+    /// one; this guards direct callers).
     pub fn update(&mut self, measurement: f64) {
+        if !measurement.is_finite() {
+            return;
+        }
         let (low, high) = if measurement < self.value {
             (measurement, self.value)
         } else {
@@ -52,6 +57,17 @@ mod tests {
         let mut ewma = EwmaReference::new(1.0, 0.25);
         ewma.update(3.0);
         assert_eq!(ewma.value(), 1.5);
+    }
+
+    #[test]
+    fn non_finite_measurements_are_ignored_not_a_panic() {
+        let mut ewma = EwmaReference::new(1.0, 0.5);
+        for y in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            ewma.update(y);
+            assert_eq!(ewma.value(), 1.0);
+        }
+        ewma.update(3.0);
+        assert_eq!(ewma.value(), 2.0);
     }
 
     #[test]
