@@ -63,6 +63,7 @@ fn config() -> ControllerConfig {
         .with_ladder(LadderConfig {
             enabled: true,
             rejections_per_rung: 3,
+            rejection_window: 3,
             rungs: vec![
                 Rung::Rewind,
                 Rung::ResetOptimizer,

@@ -25,6 +25,7 @@ fn recovery_config(store: StoreKind, rungs: Vec<Rung>) -> GuardConfig {
                 .with_ladder(LadderConfig {
                     enabled: true,
                     rejections_per_rung: 2,
+                    rejection_window: 2,
                     rungs,
                     cooldown: 50,
                 })

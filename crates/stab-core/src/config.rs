@@ -310,7 +310,18 @@ mod tests {
         };
         assert_eq!(base.clone().with_drift(drift).validate(), Ok(()));
         let ladder = LadderConfig {
+            rejection_window: 5,
+            ..LadderConfig::default()
+        };
+        let err = base.clone().with_ladder(ladder).validate().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("ladder.rejection_window = 5: must be at least 12"),
+            "{err}"
+        );
+        let ladder = LadderConfig {
             rejections_per_rung: 0,
+            rejection_window: 0,
             ..LadderConfig::default()
         };
         let err = base.with_ladder(ladder).validate().unwrap_err();

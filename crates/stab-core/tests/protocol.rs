@@ -56,13 +56,15 @@ fn config() -> impl Strategy<Value = ControllerConfig> {
             Just(vec![4, 16])
         ],
         any::<bool>(),
+        0_u64..4,
     )
-        .prop_map(|(eps, r, rungs, cooldown, ages, drift)| {
+        .prop_map(|(eps, r, rungs, cooldown, ages, drift, slack)| {
             ControllerConfig::default()
                 .with_epsilon(eps)
                 .with_ladder(LadderConfig {
                     enabled: true,
                     rejections_per_rung: r,
+                    rejection_window: r + slack,
                     rungs,
                     cooldown,
                 })

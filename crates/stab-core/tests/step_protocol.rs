@@ -302,6 +302,7 @@ fn rungs_that_cannot_act_pass_to_the_next_and_an_empty_ladder_stops() {
         .with_ladder(LadderConfig {
             enabled: true,
             rejections_per_rung: 2,
+            rejection_window: 2,
             rungs: vec![Rung::Rewind, Rung::ResetOptimizer],
             cooldown: 5,
         });
@@ -426,6 +427,7 @@ fn a_reset_state_is_fingerprinted_and_later_restores_are_checked_against_it() {
     let config = ControllerConfig::default().with_ladder(LadderConfig {
         enabled: true,
         rejections_per_rung: 1,
+        rejection_window: 1,
         rungs: vec![Rung::ResetOptimizer],
         cooldown: 50,
     });

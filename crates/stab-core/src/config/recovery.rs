@@ -114,21 +114,27 @@ pub enum Rung {
     ResetOptimizer,
 }
 
-/// The escalation ladder: after `rejections_per_rung` rejections in a row the next rung fires
-/// (default 12: a burst of up to 11 rejections, such as a 10-step fault caught step by step, is
-/// ridden out by plain rollbacks; a longer run is treated as stuck);
-/// after `cooldown` accepted steps in a row the ladder steps down one rung. When a rung is needed
-/// and none is left the run stops with a typed error (the last accepted state is kept). A rung
-/// that cannot act (no snapshot old enough, a driver that cannot reset its optimizer) passes to
-/// the next one.
+/// The escalation ladder: the next rung fires when `rejections_per_rung` of the last
+/// `rejection_window` decisions (counted since the last rung) were rejections — so also after
+/// `rejections_per_rung` in a row. Defaults: 12 of 16. A burst of up to 11 rejections, such as a
+/// 10-step fault caught step by step, is ridden out by plain rollbacks; a run stuck on a poisoned
+/// state is caught even when it lets an occasional proposal through (each of which can add
+/// damage). After `cooldown` accepted steps in a row the ladder steps down one rung. When a rung
+/// is needed and none is left the run stops with a typed error (the last accepted state is kept).
+/// A rung that cannot act (no snapshot old enough, a driver that cannot reset its optimizer)
+/// passes to the next one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LadderConfig {
     /// Climb the ladder at all. Off: every rejection restores the last accepted state, however
     /// many come in a row (Algorithm 1 exactly as the paper states it, which can freeze a run).
     pub enabled: bool,
-    /// Rejections in a row (since the last acceptance or rung) that fire the next rung.
+    /// Rejections among the last `rejection_window` decisions (since the last rung) that fire the
+    /// next rung.
     pub rejections_per_rung: u64,
+    /// How many recent decisions the count looks at (≥ `rejections_per_rung`; equal to it: the
+    /// rejections must come in a row).
+    pub rejection_window: u64,
     /// The rungs, lowest first.
     pub rungs: Vec<Rung>,
     /// Accepted steps in a row after which the ladder steps down one rung.
@@ -140,6 +146,7 @@ impl Default for LadderConfig {
         Self {
             enabled: true,
             rejections_per_rung: 12,
+            rejection_window: 16,
             rungs: vec![
                 Rung::Rewind,
                 Rung::Rewind,
@@ -247,6 +254,12 @@ impl LadderConfig {
             "ladder.rejections_per_rung",
             self.rejections_per_rung,
             1,
+            MAX_LADDER_COUNT,
+        )?;
+        count(
+            "ladder.rejection_window",
+            self.rejection_window,
+            self.rejections_per_rung,
             MAX_LADDER_COUNT,
         )?;
         count("ladder.rungs", self.rungs.len() as u64, 0, MAX_RUNGS as u64)?;

@@ -3,14 +3,14 @@
 
 use crate::config::{LadderConfig, Rung};
 
-/// The ladder's state: the rung reached, rejections since the last acceptance or rung, accepted
-/// steps since the last rung, and where the last rewind went (a later rewind goes further back
-/// until the ladder has cooled down).
+/// The ladder's state: the rung reached, the recent decisions since the last rung (`true`: a
+/// rejection), accepted steps in a row, and where the last rewind went (a later rewind goes
+/// further back until the ladder has cooled down).
 #[derive(Debug, Clone)]
 pub(crate) struct Ladder {
     config: LadderConfig,
     level: u32,
-    rejections: u64,
+    recent: std::collections::VecDeque<bool>,
     accepted: u64,
     last_rewind: Option<u64>,
 }
@@ -20,7 +20,7 @@ impl Ladder {
         Self {
             config: config.clone(),
             level: 0,
-            rejections: 0,
+            recent: std::collections::VecDeque::new(),
             accepted: 0,
             last_rewind: None,
         }
@@ -40,10 +40,18 @@ impl Ladder {
         self.last_rewind = Some(self.last_rewind.map_or(position, |p| p.min(position)));
     }
 
-    /// An accepted step: the rejection count restarts; after `cooldown` of them in a row the
-    /// ladder steps down one rung.
+    fn remember(&mut self, rejected: bool) {
+        let window = usize::try_from(self.config.rejection_window).unwrap_or(usize::MAX);
+        if self.recent.len() >= window {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(rejected);
+    }
+
+    /// An accepted step: it enters the window of recent decisions; after `cooldown` of them in a
+    /// row the ladder steps down one rung.
     pub fn on_accept(&mut self) {
-        self.rejections = 0;
+        self.remember(false);
         self.accepted += 1;
         if self.level > 0 && self.accepted >= self.config.cooldown {
             self.level -= 1;
@@ -54,13 +62,14 @@ impl Ladder {
         }
     }
 
-    /// A rejected step: `true` when it completes `rejections_per_rung` in a row and a rung must
-    /// fire.
+    /// A rejected step: `true` when the window now holds `rejections_per_rung` rejections and a
+    /// rung must fire.
     pub fn on_reject(&mut self) -> bool {
         self.accepted = 0;
-        self.rejections += 1;
-        if self.rejections >= self.config.rejections_per_rung {
-            self.rejections = 0;
+        self.remember(true);
+        let rejections = self.recent.iter().filter(|&&rejected| rejected).count() as u64;
+        if rejections >= self.config.rejections_per_rung {
+            self.recent.clear();
             true
         } else {
             false
@@ -70,7 +79,7 @@ impl Ladder {
     /// Climbs one rung: its level (1-based) and kind, or `None` when the ladder is exhausted.
     pub fn climb(&mut self) -> Option<(u32, Rung)> {
         self.accepted = 0;
-        self.rejections = 0;
+        self.recent.clear();
         self.level = self.level.saturating_add(1);
         let index = usize::try_from(self.level - 1).ok()?;
         self.config.rungs.get(index).map(|&rung| (self.level, rung))
@@ -85,6 +94,7 @@ mod tests {
         Ladder::new(&LadderConfig {
             enabled: true,
             rejections_per_rung: 2,
+            rejection_window: 3,
             rungs: vec![Rung::Rewind, Rung::ResetOptimizer],
             cooldown: 3,
         })
@@ -103,11 +113,22 @@ mod tests {
     }
 
     #[test]
-    fn an_acceptance_restarts_the_count_and_cooldown_steps_down() {
+    fn rejections_count_within_the_window_and_cooldown_steps_down() {
         let mut l = ladder();
         l.on_reject();
         l.on_accept();
-        assert!(!l.on_reject(), "the count restarted");
+        assert!(
+            l.on_reject(),
+            "two rejections among the last three decisions"
+        );
+        let mut l = ladder();
+        l.on_reject();
+        l.on_accept();
+        l.on_accept();
+        assert!(
+            !l.on_reject(),
+            "the first rejection left the window of three"
+        );
         l.climb();
         l.note_rewind(40);
         l.note_rewind(50);
