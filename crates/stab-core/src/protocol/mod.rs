@@ -566,10 +566,15 @@ impl StepProtocol {
     }
 
     fn meta(&self, position: u64, depth: u64) -> SlotMeta {
+        let quality = self.controller.as_ref().and_then(|c| {
+            (c.signal().kind() == crate::signal::InnovationKind::ReferenceDifference)
+                .then(|| c.reference())
+        });
         SlotMeta {
             position,
             depth,
             fingerprint: None,
+            quality,
             controller: self.controller_state(),
         }
     }

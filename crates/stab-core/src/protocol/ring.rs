@@ -33,6 +33,9 @@ pub(crate) struct SlotMeta {
     pub depth: u64,
     /// The driver's fingerprint of the state, if it supplies them.
     pub fingerprint: Option<u64>,
+    /// How good the state looked when it was accepted, lower is better: the reference ŷ of a
+    /// signal whose innovation is `y − ŷ` (the probe loss's EWMA). `None` for other signals.
+    pub quality: Option<f64>,
     /// The controller's state at that time.
     pub controller: ControllerState,
 }
@@ -106,16 +109,30 @@ impl Ring {
         self.slots[0] = Some(meta);
     }
 
-    /// The youngest snapshot (other than the current one) strictly older than `bound`.
+    /// The rewind target among the snapshots (other than the current one) strictly older than
+    /// `bound`: the one that looked best when accepted (lowest `quality`), ties and signals
+    /// without a quality going to the youngest. In healthy training the youngest is also the
+    /// best; after damage that crept in under ε, the best is the one from before it.
     pub fn rewind_target(&self, bound: u64) -> Option<(SlotId, &SlotMeta)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .skip(1)
-            .filter_map(|(i, meta)| meta.as_ref().map(|m| (i, m)))
-            .filter(|(_, m)| m.position < bound)
-            .max_by_key(|(i, m)| (m.position, std::cmp::Reverse(*i)))
-            .map(|(i, m)| (Self::id(i), m))
+        let candidates = || {
+            self.slots
+                .iter()
+                .enumerate()
+                .skip(1)
+                .filter_map(|(i, meta)| meta.as_ref().map(|m| (i, m)))
+                .filter(|(_, m)| m.position < bound)
+        };
+        let youngest = |(i, m): &(usize, &SlotMeta)| (m.position, std::cmp::Reverse(*i));
+        let chosen = if candidates().all(|(_, m)| m.quality.is_some_and(f64::is_finite)) {
+            candidates().min_by(|a, b| {
+                let (qa, qb) = (a.1.quality.unwrap_or(0.0), b.1.quality.unwrap_or(0.0));
+                qa.total_cmp(&qb)
+                    .then_with(|| youngest(b).cmp(&youngest(a)))
+            })
+        } else {
+            candidates().max_by_key(youngest)
+        };
+        chosen.map(|(i, m)| (Self::id(i), m))
     }
 
     /// Makes `slot` current; frees every slot younger than it. Returns the freed slots.
@@ -174,6 +191,7 @@ mod tests {
             position,
             depth,
             fingerprint: None,
+            quality: None,
             controller: ControllerState {
                 signal: None,
                 drift: None,
@@ -199,6 +217,36 @@ mod tests {
         assert_eq!(update.promote, vec![(SlotId(2), SlotId(1))]);
         assert_eq!(update.retain, vec![SlotId(2)]);
         assert_eq!(ring.positions(), vec![Some(12), Some(8), Some(12)]);
+    }
+
+    #[test]
+    fn rewind_prefers_the_best_looking_snapshot_then_the_youngest() {
+        let mut ring = Ring::new(&RingConfig { ages: vec![4, 16] });
+        for d in 0..=21 {
+            let mut m = meta(d, d);
+            // Training improves until depth 16, then damage creeps in.
+            m.quality = Some(if d <= 16 { 10.0 - d as f64 * 0.1 } else { 20.0 });
+            ring.commit(m);
+        }
+        // Candidates older than 21: 20 (damaged), 16 (best), 0.
+        let (_, m) = ring.rewind_target(21).unwrap();
+        assert_eq!(m.position, 16);
+        // Equal quality: the youngest wins.
+        let mut ring = Ring::new(&RingConfig { ages: vec![4] });
+        for d in 0..=9 {
+            let mut m = meta(d, d);
+            m.quality = Some(1.0);
+            ring.commit(m);
+        }
+        assert_eq!(ring.rewind_target(9).unwrap().1.position, 8);
+        // One candidate without a quality: the youngest.
+        let mut ring = Ring::new(&RingConfig { ages: vec![4] });
+        for d in 0..=9 {
+            let mut m = meta(d, d);
+            m.quality = (d != 4).then_some(100.0 - d as f64);
+            ring.commit(m);
+        }
+        assert_eq!(ring.rewind_target(9).unwrap().1.position, 8);
     }
 
     #[test]
