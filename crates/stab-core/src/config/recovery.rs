@@ -106,7 +106,8 @@ impl Default for GateConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Rung {
-    /// Restore the youngest snapshot older than the detected onset of the damage (or older than
+    /// Restore the best-looking snapshot (lowest ŷ when it was accepted; ties to the youngest)
+    /// among those older than the detected onset of the damage (or older than
     /// the previous rewind's target, when the ladder is already climbing), with its controller
     /// state, and carry on with the next batches (the ones since are skipped).
     Rewind,
