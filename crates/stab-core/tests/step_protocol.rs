@@ -452,3 +452,40 @@ fn a_reset_state_is_fingerprinted_and_later_restores_are_checked_against_it() {
     );
     assert!(p.complete(Completion::fingerprinted(2)).is_ok());
 }
+
+#[test]
+fn a_ladder_rewind_goes_to_the_best_looking_snapshot_not_the_youngest() {
+    let config = ControllerConfig::default()
+        .with_ring(RingConfig { ages: vec![2] })
+        .with_ladder(LadderConfig {
+            enabled: true,
+            rejections_per_rung: 2,
+            rejection_window: 2,
+            rungs: vec![Rung::Rewind],
+            cooldown: 50,
+        });
+    let mut p = started(&config, Mode::Enforce, Some(1.0));
+    for y in [0.9, 0.8, 0.7, 0.6] {
+        measured(&mut p, None, y);
+    }
+    // Three accepted steps each 0.45 above ŷ: damage under ε raises ŷ.
+    for _ in 0..3 {
+        let y = p.reference().unwrap() + 0.45;
+        measured(&mut p, None, y);
+    }
+    assert_eq!(p.slot_positions(), vec![Some(7), Some(4), Some(6)]);
+    measured(&mut p, None, 50.0);
+    let (d, done) = measured(&mut p, None, 50.0);
+    assert_eq!(
+        d,
+        Directive::Rewind {
+            slot: SlotId(1),
+            release: vec![SlotId(2)]
+        }
+    );
+    assert_eq!(
+        done.action,
+        Action::Rewind { to_position: 4 },
+        "position 4 (ŷ 0.91) looked better than the younger 6 (ŷ 1.0)"
+    );
+}
