@@ -151,7 +151,10 @@ impl<M: Module + 'static> Guard<M> {
             }
             _ => None,
         };
-        self.protocol.complete(Completion { fingerprint })?;
+        self.protocol.complete(Completion {
+            fingerprint,
+            restored_fingerprint: None,
+        })?;
         Ok(())
     }
 
@@ -224,7 +227,7 @@ impl<M: Module + 'static> Guard<M> {
             _ => Some(&mut timings.restore),
         };
         let keep = phase.is_none();
-        let model = self.obey(step, directive, model)?;
+        let (model, restored_fingerprint) = self.obey(step, directive, model)?;
         let verified = if keep {
             None
         } else {
@@ -235,6 +238,7 @@ impl<M: Module + 'static> Guard<M> {
         }
         let completed = self.protocol.complete(Completion {
             fingerprint: verified,
+            restored_fingerprint,
         })?;
         if let Some(record) = &completed.record {
             for observer in &mut self.observers {
@@ -425,9 +429,16 @@ impl<M: Module + 'static> Guard<M> {
     }
 
     /// Does what the protocol said; returns the model to continue from (the optimizer is
-    /// updated in place).
-    fn obey(&mut self, step: u64, directive: Directive, model: M) -> Result<M, GuardError> {
-        Ok(match directive {
+    /// updated in place) and, after an optimizer reset, the fingerprint of the restored state
+    /// before the reset (with `verify_restores`).
+    fn obey(
+        &mut self,
+        step: u64,
+        directive: Directive,
+        model: M,
+    ) -> Result<(M, Option<u64>), GuardError> {
+        let mut restored_fingerprint = None;
+        let model = match directive {
             Directive::Keep => model,
             Directive::Commit(update) => {
                 self.commit(step, &model, &update)?;
@@ -446,9 +457,11 @@ impl<M: Module + 'static> Guard<M> {
                     .store
                     .restore(model, self.optim.clone())
                     .map_err(Self::store_error("restore", step))?;
+                self.optim = optim;
+                restored_fingerprint = self.fingerprint_if_verifying(step, &model)?;
                 // An empty record clears every parameter's state (moments, step counts); the
                 // optimizer's configuration and groups are kept.
-                self.optim = optim.load_record(OptimizerRecord::default());
+                self.optim = self.optim.clone().load_record(OptimizerRecord::default());
                 self.store
                     .save(&model, &self.optim)
                     .map_err(Self::store_error("save", step))?;
@@ -467,7 +480,8 @@ impl<M: Module + 'static> Guard<M> {
                 }
                 model
             }
-        })
+        };
+        Ok((model, restored_fingerprint))
     }
 
     fn fingerprint_if_verifying(&self, step: u64, model: &M) -> Result<Option<u64>, GuardError> {

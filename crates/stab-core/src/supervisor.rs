@@ -267,12 +267,15 @@ impl<S, St: SnapshotStore<S>> Supervisor<S, St> {
             }
         };
         let check = !matches!(directive, Directive::Keep);
-        let state = self.obey(step, directive, state)?;
+        let (state, restored_fingerprint) = self.obey(step, directive, state)?;
         let fingerprint = match (&self.fingerprint, check) {
             (Some(fingerprint), true) => Some(fingerprint(&state)),
             _ => None,
         };
-        let completed = self.protocol.complete(Completion { fingerprint })?;
+        let completed = self.protocol.complete(Completion {
+            fingerprint,
+            restored_fingerprint,
+        })?;
         if let Some(record) = &completed.record {
             for observer in &mut self.observers {
                 observer.on_step(record)?;
@@ -320,9 +323,16 @@ impl<S, St: SnapshotStore<S>> Supervisor<S, St> {
         Ok(())
     }
 
-    /// Does what the protocol said; returns the state to continue from.
-    fn obey(&mut self, step: u64, directive: Directive, state: S) -> Result<S, StabError> {
-        Ok(match directive {
+    /// Does what the protocol said; returns the state to continue from (and, after an optimizer
+    /// reset, the fingerprint of the restored state before the reset).
+    fn obey(
+        &mut self,
+        step: u64,
+        directive: Directive,
+        state: S,
+    ) -> Result<(S, Option<u64>), StabError> {
+        let mut restored_fingerprint = None;
+        let state = match directive {
             Directive::Keep => state,
             Directive::Commit(update) => {
                 self.commit(step, &state, &update)?;
@@ -340,6 +350,7 @@ impl<S, St: SnapshotStore<S>> Supervisor<S, St> {
                     .store
                     .restore()
                     .map_err(Self::store_error("restore", step))?;
+                restored_fingerprint = self.fingerprint.as_ref().map(|f| f(&restored));
                 let reset = self
                     .reset
                     .as_ref()
@@ -363,6 +374,7 @@ impl<S, St: SnapshotStore<S>> Supervisor<S, St> {
                 }
                 restored
             }
-        })
+        };
+        Ok((state, restored_fingerprint))
     }
 }

@@ -489,3 +489,42 @@ fn a_ladder_rewind_goes_to_the_best_looking_snapshot_not_the_youngest() {
         "position 4 (ŷ 0.91) looked better than the younger 6 (ŷ 1.0)"
     );
 }
+
+#[test]
+fn the_restore_inside_an_optimizer_reset_is_checked_too() {
+    let config = ControllerConfig::default().with_ladder(LadderConfig {
+        enabled: true,
+        rejections_per_rung: 1,
+        rejection_window: 1,
+        rungs: vec![Rung::ResetOptimizer],
+        cooldown: 50,
+    });
+    let mut p = StepProtocol::new(&config, Mode::Enforce, Some(1.0))
+        .unwrap()
+        .with_optimizer_reset(true);
+    p.start().unwrap();
+    p.complete(Completion::fingerprinted(1)).unwrap();
+    p.begin_step(None).unwrap();
+    assert_eq!(p.decide(Some(50.0)).unwrap(), Directive::ResetOptimizer);
+    let wrong = Completion {
+        fingerprint: Some(2),
+        restored_fingerprint: Some(9),
+    };
+    let err = p.complete(wrong).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StabError::Safety(stab_core::SafetyViolation::InexactRestore {
+                expected: 1,
+                actual: 9,
+                ..
+            })
+        ),
+        "{err}"
+    );
+    let right = Completion {
+        fingerprint: Some(2),
+        restored_fingerprint: Some(1),
+    };
+    assert_eq!(p.complete(right).unwrap().action, Action::ResetOptimizer);
+}

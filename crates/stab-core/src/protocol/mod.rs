@@ -95,8 +95,12 @@ pub enum Directive {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Completion {
     /// Fingerprint of the state the driver continues from (after a commit: the saved proposal;
-    /// after a restore or rewind: the restored state). `None` if the driver does not fingerprint.
+    /// after a restore or rewind: the restored state; after an optimizer reset: the reset state).
+    /// `None` if the driver does not fingerprint.
     pub fingerprint: Option<u64>,
+    /// After an optimizer reset: the fingerprint of the restored state *before* its optimizer
+    /// state was cleared, checked against the last accepted state like any restore.
+    pub restored_fingerprint: Option<u64>,
 }
 
 impl Completion {
@@ -104,6 +108,7 @@ impl Completion {
     pub fn fingerprinted(fingerprint: u64) -> Self {
         Self {
             fingerprint: Some(fingerprint),
+            restored_fingerprint: None,
         }
     }
 }
@@ -449,7 +454,11 @@ impl StepProtocol {
         if let Some(update) = &update {
             self.ring.set_fingerprint(update, completion.fingerprint);
         }
-        if let (Some(expected), Some(actual)) = (expected, completion.fingerprint)
+        let restored = match directive {
+            Directive::ResetOptimizer => completion.restored_fingerprint,
+            _ => completion.fingerprint,
+        };
+        if let (Some(expected), Some(actual)) = (expected, restored)
             && expected != actual
         {
             self.phase = Phase::Directed(Box::new(Pending {
@@ -727,6 +736,7 @@ impl StepProtocol {
             controller.counters_mut().optimizer_resets += 1;
         }
         let depth = self.ring.current().map_or(0, |c| c.depth);
+        let expected = self.ring.current().and_then(|c| c.fingerprint);
         let meta = self.meta(self.step + 1, depth);
         self.ring.replace_current(meta);
         self.direct(
@@ -734,7 +744,7 @@ impl StepProtocol {
             Action::ResetOptimizer,
             Some(record),
             Some(RingUpdate::default()),
-            None,
+            expected,
         )
     }
 
