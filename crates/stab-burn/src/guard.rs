@@ -7,8 +7,8 @@ use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::optim::{GradientsParams, ModuleOptimizer, OptimizerRecord};
 use burn::tensor::Tensor;
 use stab_core::{
-    Completion, Controller, Counters, Directive, RingUpdate, SignalKind, SlotId, StabError,
-    StepObserver, StepPlan, StepProtocol,
+    Completion, Controller, Counters, Directive, RingUpdate, SignalKind, StabError, StepObserver,
+    StepPlan, StepProtocol,
 };
 
 use crate::builder::GuardBuilder;
@@ -415,14 +415,9 @@ impl<M: Module + 'static> Guard<M> {
         self.store
             .save(model, &self.optim)
             .map_err(Self::store_error("save", step))?;
-        for &(from, to) in &update.promote {
+        for (from, to) in update.copies() {
             self.store
                 .copy(from, to)
-                .map_err(Self::store_error("copy", step))?;
-        }
-        for &slot in &update.retain {
-            self.store
-                .copy(SlotId::CURRENT, slot)
                 .map_err(Self::store_error("copy", step))?;
         }
         Ok(())

@@ -87,5 +87,5 @@ pub use signal::{
     EwmaReference, GradientAgreementSignal, InnovationKind, InnovationSignal, ProbeSignal,
     SpikeSignal,
 };
-pub use snapshot::{InMemoryStore, InMemoryStoreError, SlotId, SnapshotStore};
+pub use snapshot::{InMemoryStore, InMemoryStoreError, SlotId, SlotTable, SnapshotStore};
 pub use supervisor::{GuardedStep, StepOutcome, Supervisor};

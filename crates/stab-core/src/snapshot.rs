@@ -62,6 +62,57 @@ pub trait SnapshotStore<S> {
     fn release(&mut self, slot: SlotId) -> Result<(), Self::Error>;
 }
 
+/// Snapshots by slot: the bookkeeping every store shares (a slot is filled, read, overwritten or
+/// released; the table grows to the highest slot used, at most 256 entries).
+#[derive(Debug, Clone)]
+pub struct SlotTable<T> {
+    slots: Vec<Option<T>>,
+}
+
+impl<T> Default for SlotTable<T> {
+    fn default() -> Self {
+        Self { slots: Vec::new() }
+    }
+}
+
+impl<T> SlotTable<T> {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// What `slot` holds, if anything.
+    pub fn get(&self, slot: SlotId) -> Option<&T> {
+        self.slots.get(usize::from(slot.0)).and_then(Option::as_ref)
+    }
+
+    /// Makes `slot` hold `value`, replacing what it held.
+    pub fn put(&mut self, slot: SlotId, value: T) {
+        let index = usize::from(slot.0);
+        if self.slots.len() <= index {
+            self.slots.resize_with(index + 1, || None);
+        }
+        self.slots[index] = Some(value);
+    }
+
+    /// Empties `slot` (nothing happens if it is empty already).
+    pub fn release(&mut self, slot: SlotId) {
+        if let Some(entry) = self.slots.get_mut(usize::from(slot.0)) {
+            *entry = None;
+        }
+    }
+
+    /// The values held, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.slots.iter().flatten()
+    }
+
+    /// Slots holding a value.
+    pub fn occupied(&self) -> usize {
+        self.iter().count()
+    }
+}
+
 /// Errors of [`InMemoryStore`].
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum InMemoryStoreError {
@@ -77,12 +128,14 @@ pub enum InMemoryStoreError {
 /// (or copy-on-write over immutable data).
 #[derive(Debug, Clone)]
 pub struct InMemoryStore<S> {
-    slots: Vec<Option<S>>,
+    slots: SlotTable<S>,
 }
 
 impl<S> Default for InMemoryStore<S> {
     fn default() -> Self {
-        Self { slots: Vec::new() }
+        Self {
+            slots: SlotTable::new(),
+        }
     }
 }
 
@@ -99,20 +152,12 @@ impl<S: Clone> InMemoryStore<S> {
 
     /// The snapshot in `slot`, if any.
     pub fn slot(&self, slot: SlotId) -> Option<&S> {
-        self.slots.get(usize::from(slot.0)).and_then(Option::as_ref)
+        self.slots.get(slot)
     }
 
     /// Slots holding a snapshot.
     pub fn occupied(&self) -> usize {
-        self.slots.iter().filter(|s| s.is_some()).count()
-    }
-
-    fn put(&mut self, slot: SlotId, state: Option<S>) {
-        let index = usize::from(slot.0);
-        if self.slots.len() <= index {
-            self.slots.resize_with(index + 1, || None);
-        }
-        self.slots[index] = state;
+        self.slots.occupied()
     }
 
     fn read(&self, slot: SlotId) -> Result<S, InMemoryStoreError> {
@@ -126,7 +171,7 @@ impl<S: Clone> SnapshotStore<S> for InMemoryStore<S> {
     type Error = InMemoryStoreError;
 
     fn save(&mut self, state: &S) -> Result<(), Self::Error> {
-        self.put(SlotId::CURRENT, Some(state.clone()));
+        self.slots.put(SlotId::CURRENT, state.clone());
         Ok(())
     }
 
@@ -136,20 +181,18 @@ impl<S: Clone> SnapshotStore<S> for InMemoryStore<S> {
 
     fn copy(&mut self, from: SlotId, to: SlotId) -> Result<(), Self::Error> {
         let state = self.read(from)?;
-        self.put(to, Some(state));
+        self.slots.put(to, state);
         Ok(())
     }
 
     fn rewind(&mut self, slot: SlotId) -> Result<S, Self::Error> {
         let state = self.read(slot)?;
-        self.put(SlotId::CURRENT, Some(state.clone()));
+        self.slots.put(SlotId::CURRENT, state.clone());
         Ok(state)
     }
 
     fn release(&mut self, slot: SlotId) -> Result<(), Self::Error> {
-        if let Some(entry) = self.slots.get_mut(usize::from(slot.0)) {
-            *entry = None;
-        }
+        self.slots.release(slot);
         Ok(())
     }
 }

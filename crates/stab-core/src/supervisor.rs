@@ -6,7 +6,7 @@ use crate::controller::{Controller, Counters};
 use crate::error::StabError;
 use crate::protocol::{Completion, Directive, Mode, StepPlan, StepProtocol};
 use crate::record::{StepObserver, StepRecord};
-use crate::snapshot::{SlotId, SnapshotStore};
+use crate::snapshot::SnapshotStore;
 
 /// What happened in one guarded step.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,23 +125,13 @@ impl<S, St: SnapshotStore<S>> Supervisor<S, St> {
     /// keeping its parameters: enables the ladder's reset rung.
     pub fn with_optimizer_reset(mut self, reset: impl Fn(S) -> S + Send + 'static) -> Self {
         self.reset = Some(Box::new(reset));
-        let protocol = std::mem::replace(
-            &mut self.protocol,
-            StepProtocol::new(&ControllerConfig::default(), Mode::Observe, None)
-                .expect("the default configuration is valid"),
-        );
-        self.protocol = protocol.with_optimizer_reset(true);
+        self.protocol.set_optimizer_reset(true);
         self
     }
 
     /// Turns the runtime safety monitor off (it is cheap; this exists for benchmarks).
     pub fn without_monitor(mut self) -> Self {
-        let protocol = std::mem::replace(
-            &mut self.protocol,
-            StepProtocol::new(&ControllerConfig::default(), Mode::Observe, None)
-                .expect("the default configuration is valid"),
-        );
-        self.protocol = protocol.without_monitor();
+        self.protocol.disable_monitor();
         self
     }
 
@@ -310,14 +300,9 @@ impl<S, St: SnapshotStore<S>> Supervisor<S, St> {
         self.store
             .save(state)
             .map_err(Self::store_error("save", step))?;
-        for &(from, to) in &update.promote {
+        for (from, to) in update.copies() {
             self.store
                 .copy(from, to)
-                .map_err(Self::store_error("copy", step))?;
-        }
-        for &slot in &update.retain {
-            self.store
-                .copy(SlotId::CURRENT, slot)
                 .map_err(Self::store_error("copy", step))?;
         }
         Ok(())

@@ -422,8 +422,9 @@ fn actions_serialize_with_a_kind_tag() {
     assert!(!Action::Commit.discards_proposal());
 }
 
-#[test]
-fn a_reset_state_is_fingerprinted_and_later_restores_are_checked_against_it() {
+/// A protocol whose initial state has fingerprint 1 and whose first step, rejected, was answered
+/// with an optimizer reset (awaiting its completion).
+fn reset_on_first_rejection() -> StepProtocol {
     let config = ControllerConfig::default().with_ladder(LadderConfig {
         enabled: true,
         rejections_per_rung: 1,
@@ -438,6 +439,12 @@ fn a_reset_state_is_fingerprinted_and_later_restores_are_checked_against_it() {
     p.complete(Completion::fingerprinted(1)).unwrap();
     p.begin_step(None).unwrap();
     assert_eq!(p.decide(Some(50.0)).unwrap(), Directive::ResetOptimizer);
+    p
+}
+
+#[test]
+fn a_reset_state_is_fingerprinted_and_later_restores_are_checked_against_it() {
+    let mut p = reset_on_first_rejection();
     p.complete(Completion::fingerprinted(2)).unwrap();
     // The next rejection ends the run, restoring the reset state: fingerprint 2, not 1.
     p.begin_step(None).unwrap();
@@ -492,20 +499,7 @@ fn a_ladder_rewind_goes_to_the_best_looking_snapshot_not_the_youngest() {
 
 #[test]
 fn the_restore_inside_an_optimizer_reset_is_checked_too() {
-    let config = ControllerConfig::default().with_ladder(LadderConfig {
-        enabled: true,
-        rejections_per_rung: 1,
-        rejection_window: 1,
-        rungs: vec![Rung::ResetOptimizer],
-        cooldown: 50,
-    });
-    let mut p = StepProtocol::new(&config, Mode::Enforce, Some(1.0))
-        .unwrap()
-        .with_optimizer_reset(true);
-    p.start().unwrap();
-    p.complete(Completion::fingerprinted(1)).unwrap();
-    p.begin_step(None).unwrap();
-    assert_eq!(p.decide(Some(50.0)).unwrap(), Directive::ResetOptimizer);
+    let mut p = reset_on_first_rejection();
     let wrong = Completion {
         fingerprint: Some(2),
         restored_fingerprint: Some(9),

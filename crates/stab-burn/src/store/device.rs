@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 
-use stab_core::SlotId;
+use stab_core::{SlotId, SlotTable};
 
 use super::{StateStore, StoreMemory, optimizer_state_bytes};
 use crate::error::StoreError;
@@ -33,7 +33,7 @@ const NAME: &str = "device";
 #[derive(Debug)]
 pub struct DeviceStore<M> {
     /// Slot 0: the last accepted state; the others: older accepted states (the snapshot ring).
-    slots: Vec<Option<Snapshot<M>>>,
+    slots: SlotTable<Snapshot<M>>,
     saves: u64,
     _model: PhantomData<fn() -> M>,
 }
@@ -59,7 +59,7 @@ impl<M: std::fmt::Debug> std::fmt::Debug for Snapshot<M> {
 impl<M> Default for DeviceStore<M> {
     fn default() -> Self {
         Self {
-            slots: Vec::new(),
+            slots: SlotTable::new(),
             saves: 0,
             _model: PhantomData,
         }
@@ -73,22 +73,11 @@ impl<M: Module> DeviceStore<M> {
     }
 
     fn get(&self, slot: SlotId) -> Result<&Snapshot<M>, StoreError> {
-        self.slots
-            .get(usize::from(slot.0))
-            .and_then(Option::as_ref)
-            .ok_or(if slot == SlotId::CURRENT {
-                StoreError::Empty { store: NAME }
-            } else {
-                StoreError::EmptySlot { store: NAME, slot }
-            })
-    }
-
-    fn put(&mut self, slot: SlotId, snapshot: Option<Snapshot<M>>) {
-        let index = usize::from(slot.0);
-        if self.slots.len() <= index {
-            self.slots.resize_with(index + 1, || None);
-        }
-        self.slots[index] = snapshot;
+        self.slots.get(slot).ok_or(if slot == SlotId::CURRENT {
+            StoreError::Empty { store: NAME }
+        } else {
+            StoreError::EmptySlot { store: NAME, slot }
+        })
     }
 }
 
@@ -105,13 +94,13 @@ impl<M: Module> StateStore<M> for DeviceStore<M> {
             model: model.clone(),
             optim: optim.clone(),
         };
-        self.put(SlotId::CURRENT, Some(snapshot));
+        self.slots.put(SlotId::CURRENT, snapshot);
         Ok(())
     }
 
     fn copy(&mut self, from: SlotId, to: SlotId) -> Result<(), StoreError> {
         let snapshot = self.get(from)?.clone();
-        self.put(to, Some(snapshot));
+        self.slots.put(to, snapshot);
         Ok(())
     }
 
@@ -122,14 +111,12 @@ impl<M: Module> StateStore<M> for DeviceStore<M> {
         rejected_optim: ModuleOptimizer,
     ) -> Result<(M, ModuleOptimizer), StoreError> {
         let snapshot = self.get(slot)?.clone();
-        self.put(SlotId::CURRENT, Some(snapshot));
+        self.slots.put(SlotId::CURRENT, snapshot);
         self.restore(rejected_model, rejected_optim)
     }
 
     fn release(&mut self, slot: SlotId) -> Result<(), StoreError> {
-        if usize::from(slot.0) < self.slots.len() {
-            self.put(slot, None);
-        }
+        self.slots.release(slot);
         Ok(())
     }
 
@@ -153,7 +140,7 @@ impl<M: Module> StateStore<M> for DeviceStore<M> {
         // slots holding the same state (a retain right after a save) share them.
         let mut seen: Vec<u64> = Vec::new();
         let mut memory = StoreMemory::default();
-        for snapshot in self.slots.iter().flatten() {
+        for snapshot in self.slots.iter() {
             memory.device_private += snapshot.running.bytes();
             if seen.contains(&snapshot.generation) {
                 continue;
@@ -163,7 +150,7 @@ impl<M: Module> StateStore<M> for DeviceStore<M> {
                 - tensors::capture_handles(&snapshot.model, Selection::Buffers).bytes();
             memory.device_shared += parameters + optimizer_state_bytes(&snapshot.optim);
         }
-        memory.snapshots = self.slots.iter().flatten().count();
+        memory.snapshots = self.slots.occupied();
         memory
     }
 }

@@ -9,7 +9,7 @@ use burn::optim::{ModuleOptimizer, OptimizerRecord};
 use burn::tensor::kind::BridgeTensor;
 use burn::tensor::{Bytes, TensorData};
 
-use stab_core::SlotId;
+use stab_core::{SlotId, SlotTable};
 
 use super::{StateStore, StoreMemory};
 use crate::error::StoreError;
@@ -42,7 +42,7 @@ pub struct HostStore<M> {
     requested: u64,
     /// The ring's older snapshots, by slot (index 0 unused: the current one lives in `shared`).
     /// Finished host snapshots are immutable and shared by `Arc`.
-    kept: Vec<Option<Arc<HostSnapshot>>>,
+    kept: SlotTable<Arc<HostSnapshot>>,
     _model: PhantomData<fn() -> M>,
 }
 
@@ -121,7 +121,7 @@ impl<M: Module> HostStore<M> {
             shared,
             worker: Some(worker),
             requested: 0,
-            kept: Vec::new(),
+            kept: SlotTable::new(),
             _model: PhantomData,
         })
     }
@@ -170,18 +170,9 @@ impl<M: Module> HostStore<M> {
             return self.current();
         }
         self.kept
-            .get(usize::from(slot.0))
+            .get(slot)
             .cloned()
-            .flatten()
             .ok_or(StoreError::EmptySlot { store: NAME, slot })
-    }
-
-    fn keep(&mut self, slot: SlotId, snapshot: Option<Arc<HostSnapshot>>) {
-        let index = usize::from(slot.0);
-        if self.kept.len() <= index {
-            self.kept.resize_with(index + 1, || None);
-        }
-        self.kept[index] = snapshot;
     }
 }
 
@@ -256,7 +247,7 @@ impl<M: Module> StateStore<M> for HostStore<M> {
         if to == SlotId::CURRENT {
             self.shared.lock().snapshot = Some(snapshot);
         } else {
-            self.keep(to, Some(snapshot));
+            self.kept.put(to, snapshot);
         }
         Ok(())
     }
@@ -275,8 +266,8 @@ impl<M: Module> StateStore<M> for HostStore<M> {
     }
 
     fn release(&mut self, slot: SlotId) -> Result<(), StoreError> {
-        if slot != SlotId::CURRENT && usize::from(slot.0) < self.kept.len() {
-            self.keep(slot, None);
+        if slot != SlotId::CURRENT {
+            self.kept.release(slot);
         }
         Ok(())
     }
@@ -290,7 +281,7 @@ impl<M: Module> StateStore<M> for HostStore<M> {
         let copy_pending = slot.completed < self.requested && !slot.worker_gone;
         // Slots sharing one host snapshot count it once.
         let mut distinct: Vec<&Arc<HostSnapshot>> = Vec::new();
-        for snapshot in slot.snapshot.iter().chain(self.kept.iter().flatten()) {
+        for snapshot in slot.snapshot.iter().chain(self.kept.iter()) {
             if !distinct.iter().any(|s| Arc::ptr_eq(s, snapshot)) {
                 distinct.push(snapshot);
             }
@@ -304,7 +295,7 @@ impl<M: Module> StateStore<M> for HostStore<M> {
             device_shared: 0,
             host: distinct.iter().map(|s| s.host_bytes).sum(),
             copy_pending,
-            snapshots: usize::from(slot.snapshot.is_some()) + self.kept.iter().flatten().count(),
+            snapshots: usize::from(slot.snapshot.is_some()) + self.kept.occupied(),
         }
     }
 }

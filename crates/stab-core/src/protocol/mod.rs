@@ -240,16 +240,26 @@ impl StepProtocol {
     /// Tells the protocol whether the driver can clear its optimizer's state (the
     /// [`Rung::ResetOptimizer`] rung is passed over otherwise).
     pub fn with_optimizer_reset(mut self, supported: bool) -> Self {
-        self.can_reset_optimizer = supported;
+        self.set_optimizer_reset(supported);
         self
+    }
+
+    /// [`StepProtocol::with_optimizer_reset`] on a protocol already in place (a driver's field).
+    pub fn set_optimizer_reset(&mut self, supported: bool) {
+        self.can_reset_optimizer = supported;
     }
 
     /// Turns the runtime safety monitor off (it is cheap; this exists for benchmarks). Restores
     /// are still checked against their fingerprints.
     pub fn without_monitor(mut self) -> Self {
+        self.disable_monitor();
+        self
+    }
+
+    /// [`StepProtocol::without_monitor`] on a protocol already in place (a driver's field).
+    pub fn disable_monitor(&mut self) {
         self.monitor_enabled = false;
         self.monitor = None;
-        self
     }
 
     fn start_controller(&mut self, y0: f64) -> Result<(), StabError> {
@@ -575,15 +585,10 @@ impl StepProtocol {
     }
 
     fn meta(&self, position: u64, depth: u64) -> SlotMeta {
-        let quality = self.controller.as_ref().and_then(|c| {
-            (c.signal().kind() == crate::signal::InnovationKind::ReferenceDifference)
-                .then(|| c.reference())
-        });
         SlotMeta {
             position,
             depth,
             fingerprint: None,
-            quality,
             controller: self.controller_state(),
         }
     }

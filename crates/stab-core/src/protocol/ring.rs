@@ -3,7 +3,7 @@
 
 use crate::config::RingConfig;
 use crate::detect::{DriftDetector, GradientGate};
-use crate::signal::InnovationSignal;
+use crate::signal::{InnovationKind, InnovationSignal};
 use crate::snapshot::SlotId;
 
 /// The controller's own state at a snapshot: restored together with the model on a rewind.
@@ -33,11 +33,18 @@ pub(crate) struct SlotMeta {
     pub depth: u64,
     /// The driver's fingerprint of the state, if it supplies them.
     pub fingerprint: Option<u64>,
-    /// How good the state looked when it was accepted, lower is better: the reference ŷ of a
-    /// signal whose innovation is `y − ŷ` (the probe loss's EWMA). `None` for other signals.
-    pub quality: Option<f64>,
     /// The controller's state at that time.
     pub controller: ControllerState,
+}
+
+impl SlotMeta {
+    /// How good the state looked when it was accepted, lower is better: the reference ŷ saved
+    /// with it, for a signal whose innovation is `y − ŷ` (the probe loss's EWMA). `None` for
+    /// other signals (a z-score's window mean or an agreement's EWMA is no loss).
+    pub fn quality(&self) -> Option<f64> {
+        let signal = self.controller.signal.as_ref()?;
+        (signal.kind() == InnovationKind::ReferenceDifference).then(|| signal.reference())
+    }
 }
 
 /// Store operations of a commit: promotions (older ← newer of a level), then retains
@@ -48,6 +55,17 @@ pub struct RingUpdate {
     pub promote: Vec<(SlotId, SlotId)>,
     /// Slots that receive a copy of the just-saved current state, after the promotions.
     pub retain: Vec<SlotId>,
+}
+
+impl RingUpdate {
+    /// Every `(from, to)` copy a driver performs after saving the proposal into
+    /// [`SlotId::CURRENT`], in the order it must perform them: promotions, then retains.
+    pub fn copies(&self) -> impl Iterator<Item = (SlotId, SlotId)> + '_ {
+        self.promote
+            .iter()
+            .copied()
+            .chain(self.retain.iter().map(|&slot| (SlotId::CURRENT, slot)))
+    }
 }
 
 /// Slot 0 is the current state; level `i` (age `a_i`) owns slot `1 + 2i` (older: the multiple
@@ -123,9 +141,9 @@ impl Ring {
                 .filter(|(_, m)| m.position < bound)
         };
         let youngest = |(i, m): &(usize, &SlotMeta)| (m.position, std::cmp::Reverse(*i));
-        let chosen = if candidates().all(|(_, m)| m.quality.is_some_and(f64::is_finite)) {
+        let chosen = if candidates().all(|(_, m)| m.quality().is_some_and(f64::is_finite)) {
             candidates().min_by(|a, b| {
-                let (qa, qb) = (a.1.quality.unwrap_or(0.0), b.1.quality.unwrap_or(0.0));
+                let (qa, qb) = (a.1.quality().unwrap_or(0.0), b.1.quality().unwrap_or(0.0));
                 qa.total_cmp(&qb)
                     .then_with(|| youngest(b).cmp(&youngest(a)))
             })
@@ -191,7 +209,6 @@ mod tests {
             position,
             depth,
             fingerprint: None,
-            quality: None,
             controller: ControllerState {
                 signal: None,
                 drift: None,
@@ -219,13 +236,18 @@ mod tests {
         assert_eq!(ring.positions(), vec![Some(12), Some(8), Some(12)]);
     }
 
+    /// A probe signal whose reference ŷ is `y_hat`.
+    fn probe(y_hat: f64) -> Option<Box<dyn InnovationSignal>> {
+        Some(Box::new(crate::signal::ProbeSignal::new(y_hat, 0.1)))
+    }
+
     #[test]
     fn rewind_prefers_the_best_looking_snapshot_then_the_youngest() {
         let mut ring = Ring::new(&RingConfig { ages: vec![4, 16] });
         for d in 0..=21 {
             let mut m = meta(d, d);
             // Training improves until depth 16, then damage creeps in.
-            m.quality = Some(if d <= 16 { 10.0 - d as f64 * 0.1 } else { 20.0 });
+            m.controller.signal = probe(if d <= 16 { 10.0 - d as f64 * 0.1 } else { 20.0 });
             ring.commit(m);
         }
         // Candidates older than 21: 20 (damaged), 16 (best), 0.
@@ -235,7 +257,7 @@ mod tests {
         let mut ring = Ring::new(&RingConfig { ages: vec![4] });
         for d in 0..=9 {
             let mut m = meta(d, d);
-            m.quality = Some(1.0);
+            m.controller.signal = probe(1.0);
             ring.commit(m);
         }
         assert_eq!(ring.rewind_target(9).unwrap().1.position, 8);
@@ -243,7 +265,9 @@ mod tests {
         let mut ring = Ring::new(&RingConfig { ages: vec![4] });
         for d in 0..=9 {
             let mut m = meta(d, d);
-            m.quality = (d != 4).then_some(100.0 - d as f64);
+            if d != 4 {
+                m.controller.signal = probe(100.0 - d as f64);
+            }
             ring.commit(m);
         }
         assert_eq!(ring.rewind_target(9).unwrap().1.position, 8);
