@@ -67,7 +67,7 @@ proptest! {
         let mut controller = Controller::from_config(&config, y0).unwrap();
         let mut monitor = SafetyMonitor::new(y0);
         let (mut lo, mut hi) = (y0, y0);
-        for y in ys {
+        for (n, y) in ys.into_iter().enumerate() {
             let record = controller.decide(y);
             prop_assert_eq!(monitor.check_decision(&record), Ok(()));
             if record.decision.is_accepted() {
@@ -81,6 +81,11 @@ proptest! {
             }
             // ŷ stays a convex combination of accepted measurements (y0 included).
             prop_assert!(lo <= controller.reference() && controller.reference() <= hi);
+            // Proposition 7.5's growth bound after n + 1 decisions (up to the rounding of the
+            // sums, which the controller never forms).
+            let decisions = (n + 1) as f64;
+            let rounding = 1e-12 * (y0.abs() + hi.abs() + decisions * eps);
+            prop_assert!(hi - y0 <= decisions * eps + rounding, "max {} after {} decisions", hi, n + 1);
         }
     }
 
