@@ -332,6 +332,95 @@ mod tests {
     }
 
     #[test]
+    fn each_builder_sets_its_own_field_and_nothing_else() {
+        let base = ControllerConfig::default();
+        let drift = DriftConfig {
+            enabled: true,
+            ..DriftConfig::default()
+        };
+        let gate = GateConfig {
+            z: 3.0,
+            ..GateConfig::default()
+        };
+        let ring = RingConfig { ages: vec![4] };
+        let ladder = LadderConfig {
+            cooldown: 3,
+            ..LadderConfig::default()
+        };
+        let built = base
+            .clone()
+            .with_epsilon(0.25)
+            .with_alpha(0.3)
+            .with_signal(SignalKind::GradientAgreement)
+            .with_probe_interval(4)
+            .with_spike_window(7)
+            .with_drift(drift.clone())
+            .with_gate(gate.clone())
+            .with_ring(ring.clone())
+            .with_ladder(ladder.clone());
+        let expected = ControllerConfig {
+            epsilon: 0.25,
+            alpha: 0.3,
+            signal: SignalKind::GradientAgreement,
+            probe_interval: 4,
+            spike_window: 7,
+            drift,
+            gate,
+            ring,
+            ladder,
+        };
+        assert_eq!(built, expected);
+        let toggled = base
+            .clone()
+            .with_drift_detection(!base.drift.enabled)
+            .with_gradient_gate(!base.gate.enabled);
+        assert_eq!(toggled.drift.enabled, !base.drift.enabled);
+        assert_eq!(toggled.gate.enabled, !base.gate.enabled);
+        assert_eq!(
+            toggled
+                .with_drift_detection(base.drift.enabled)
+                .with_gradient_gate(base.gate.enabled),
+            base
+        );
+    }
+
+    #[test]
+    fn algorithm_1_is_the_paper_controller_alone() {
+        let config = ControllerConfig::algorithm_1();
+        assert!(!config.drift.enabled && !config.gate.enabled && !config.ladder.enabled);
+        assert!(config.ring.ages.is_empty());
+        let default = ControllerConfig::default();
+        assert!(default.gate.enabled && default.ladder.enabled && !default.ring.ages.is_empty());
+        assert_eq!(
+            (
+                config.epsilon,
+                config.alpha,
+                config.signal,
+                config.probe_interval,
+                config.spike_window
+            ),
+            (
+                default.epsilon,
+                default.alpha,
+                default.signal,
+                default.probe_interval,
+                default.spike_window
+            )
+        );
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn the_smallest_sizes_are_valid() {
+        let config = ControllerConfig::default()
+            .with_probe_interval(1)
+            .with_spike_window(2);
+        assert_eq!(config.validate(), Ok(()));
+        let config = config.with_spike_window(MAX_WINDOW);
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
     fn config_round_trips_through_json_and_rejects_unknown_fields() {
         let config = ControllerConfig::default()
             .with_epsilon(0.25)

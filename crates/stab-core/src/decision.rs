@@ -157,6 +157,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_reason_says_what_it_saw() {
+        let cases = [
+            (
+                RejectionReason::InnovationAboveThreshold {
+                    innovation: 0.75,
+                    threshold: 0.5,
+                },
+                "innovation 0.750000 > threshold 0.5",
+            ),
+            (
+                RejectionReason::NonFiniteMeasurement {
+                    measurement: f64::NEG_INFINITY,
+                },
+                "non-finite measurement -inf",
+            ),
+            (
+                RejectionReason::NonFiniteInnovation {
+                    innovation: f64::NAN,
+                },
+                "non-finite innovation NaN",
+            ),
+            (
+                RejectionReason::DriftAlarm {
+                    statistic: 2.0,
+                    threshold: 1.5,
+                    onset: 12,
+                },
+                "drift since position 12: CUSUM 2.000000 > alarm level 1.500000",
+            ),
+            (
+                RejectionReason::GradientGate {
+                    norm: 300.0,
+                    z: 40.0,
+                    limit: 12.0,
+                },
+                "gradient norm 300 (z = 40.00 > 12) gated",
+            ),
+        ];
+        for (reason, text) in cases {
+            assert_eq!(reason.to_string(), text);
+        }
+    }
+
+    #[test]
     fn threshold_is_inclusive() {
         let rule = ThresholdRule::new(0.5);
         assert!(rule.decide(0.5).is_accepted());
