@@ -59,6 +59,40 @@ impl Fingerprint {
 mod tests {
     use super::*;
 
+    /// FNV-1a 64 by hand: the offset basis, then for each byte xor and multiply by the prime.
+    fn fnv1a(bytes: &[u8]) -> u64 {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        })
+    }
+
+    #[test]
+    fn every_value_kind_hashes_all_its_little_endian_bytes() {
+        let x = 1.5_f32;
+        assert_eq!(
+            Fingerprint::new().f32s(&[x]).finish(),
+            fnv1a(&x.to_bits().to_le_bytes())
+        );
+        assert_eq!(
+            Fingerprint::new().u64(0x0102_0304_0506_0708).finish(),
+            fnv1a(&[8, 7, 6, 5, 4, 3, 2, 1])
+        );
+        assert_eq!(
+            Fingerprint::new().f64s(&[2.0]).finish(),
+            fnv1a(&2.0_f64.to_le_bytes())
+        );
+        assert_eq!(Fingerprint::new().finish(), fnv1a(&[]));
+        // A difference in the highest byte only (the sign) changes the fingerprint.
+        assert_ne!(
+            Fingerprint::new().f32s(&[1.0]).finish(),
+            Fingerprint::new().f32s(&[-1.0]).finish()
+        );
+        assert_ne!(
+            Fingerprint::new().u64(1 << 63).finish(),
+            Fingerprint::new().u64(0).finish()
+        );
+    }
+
     #[test]
     fn every_bit_matters() {
         let a = Fingerprint::new().f64s(&[0.0, 1.0]).finish();

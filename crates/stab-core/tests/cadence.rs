@@ -23,7 +23,7 @@ struct Model {
 
 impl Model {
     fn measured(&self, step: u64) -> bool {
-        (step + 1) % self.k == 0
+        (step + 1).is_multiple_of(self.k)
     }
 
     /// Accept iff y and ν are finite and ν ≤ ε; an accepted y moves ŷ (clamped into its hull).
