@@ -246,3 +246,32 @@ fn the_running_max_and_min_follow_accepted_measurements_only() {
         Err(SafetyViolation::ReferenceOutsideHull { .. })
     ));
 }
+
+#[test]
+fn the_envelope_allows_the_rounding_of_a_sum_the_controller_never_formed() {
+    // ŷ = max = −8e-17, ε = 1, y = 1: the controller's y − ŷ = 1 + 8e-17 rounds to 1 = ε, a
+    // lawful acceptance; but max + ε = 1 − 8e-17 rounds to 1 − 2⁻⁵³ < y. Without the rounding
+    // allowance the monitor would abort this run.
+    let y0 = -8e-17;
+    assert_eq!(1.0 - y0, 1.0);
+    assert!(y0 + 1.0 < 1.0);
+    let record = StepRecord {
+        measurement: 1.0,
+        reference: y0,
+        reference_after: 0.1,
+        innovation: 1.0 - y0,
+        threshold: 1.0,
+        ..accepted()
+    };
+    assert_eq!(SafetyMonitor::new(y0).check_decision(&record), Ok(()));
+    // The allowance is a few ulps, not a licence: one more ulp of y past ŷ + ε still fires.
+    let beyond = StepRecord {
+        measurement: 1.0_f64.next_up().next_up(),
+        innovation: 1.0,
+        ..record
+    };
+    assert!(matches!(
+        SafetyMonitor::new(y0).check_decision(&beyond),
+        Err(SafetyViolation::BoundedDeviation { .. })
+    ));
+}
