@@ -102,6 +102,8 @@ proptest! {
         let mut current_position = 0_u64;
         let mut state = initial;
         let mut run = 0_u64;
+        // The counters a model of the actions predicts.
+        let mut expected = stab_core::Counters::default();
         let rungs = config.ladder.rungs.len() as u64;
         let r = config.ladder.rejections_per_rung;
         for (t, y) in measurements.into_iter().enumerate() {
@@ -164,6 +166,27 @@ proptest! {
                 other => prop_assert!(false, "unexpected action {:?}", other),
             }
             prop_assert!(run <= r * (rungs + 1), "{} rejections in a row", run);
+            expected.steps += 1;
+            if record.decision.is_accepted() {
+                expected.accepted += 1;
+            } else {
+                expected.rejected += 1;
+            }
+            expected.consecutive_rejections = run;
+            expected.longest_rejection_run = expected.longest_rejection_run.max(run);
+            // A rung that cannot act (a rewind with no older snapshot) passes to the next one,
+            // and both count: at least one rung fired iff the record names one.
+            let fired = sup.counters().escalations - expected.escalations;
+            prop_assert_eq!(fired > 0, record.rung.is_some(), "{:?}", record);
+            prop_assert!(fired <= rungs);
+            expected.escalations += fired;
+            expected.rewinds += u64::from(matches!(record.action, Action::Rewind { .. }));
+            expected.optimizer_resets += u64::from(record.action == Action::ResetOptimizer);
+            if let Some(stab_core::RejectionReason::DriftAlarm { .. }) = record.decision.rejection_reason() {
+                expected.drift_alarms += 1;
+            }
+            prop_assert_eq!(sup.counters(), expected);
+            prop_assert_eq!(record.consecutive_rejections, run);
             state = step.state;
         }
     }
