@@ -77,22 +77,12 @@ impl ControllerConfig {
     /// restores the last accepted state, which can freeze a run whose accepted optimizer state
     /// was damaged; use it to compare with the paper, not to protect a run.
     pub fn algorithm_1() -> Self {
-        Self {
-            drift: DriftConfig {
-                enabled: false,
-                ..DriftConfig::default()
-            },
-            gate: GateConfig {
-                enabled: false,
-                ..GateConfig::default()
-            },
-            ring: RingConfig { ages: Vec::new() },
-            ladder: LadderConfig {
-                enabled: false,
-                ..LadderConfig::default()
-            },
-            ..Self::default()
-        }
+        let mut config = Self::default();
+        config.drift.enabled = false;
+        config.gate.enabled = false;
+        config.ring.ages.clear();
+        config.ladder.enabled = false;
+        config
     }
 
     /// Sets ε.

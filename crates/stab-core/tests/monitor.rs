@@ -275,3 +275,20 @@ fn the_envelope_allows_the_rounding_of_a_sum_the_controller_never_formed() {
         Err(SafetyViolation::BoundedDeviation { .. })
     ));
 }
+
+#[test]
+fn a_measurement_exactly_on_the_envelope_and_its_allowance_is_lawful() {
+    // y = 1 + 20 ulps sits exactly on max (0) + ε (1) + the allowance 8 ulp·(|y| + |ŷ| + |max| + ε).
+    let y = 1.0 + 20.0 * f64::EPSILON;
+    let allowance = 8.0 * f64::EPSILON * (y.abs() + 0.5 + 0.0 + 1.0);
+    assert_eq!(0.0 + 1.0 + allowance, y, "premise: y is on the boundary");
+    let record = StepRecord {
+        measurement: y,
+        reference: 0.5,
+        reference_after: 0.5,
+        innovation: y - 0.5,
+        threshold: 1.0,
+        ..accepted()
+    };
+    assert_eq!(SafetyMonitor::new(0.0).check_decision(&record), Ok(()));
+}

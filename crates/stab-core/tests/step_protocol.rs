@@ -522,3 +522,24 @@ fn the_restore_inside_an_optimizer_reset_is_checked_too() {
     };
     assert_eq!(p.complete(right).unwrap().action, Action::ResetOptimizer);
 }
+
+#[test]
+fn the_monitor_is_on_by_default_follows_accepted_measurements_and_can_be_turned_off() {
+    let config = ControllerConfig::default();
+    let mut p = started(&config, Mode::Enforce, Some(1.0));
+    assert_eq!(p.monitor().map(|m| m.running_max()), Some(1.0));
+    measured(&mut p, None, 1.25);
+    assert_eq!(p.monitor().map(|m| m.running_max()), Some(1.25));
+    measured(&mut p, None, 50.0); // rejected: the envelope does not move
+    assert_eq!(p.monitor().map(|m| m.running_max()), Some(1.25));
+
+    let off = StepProtocol::new(&config, Mode::Enforce, Some(1.0))
+        .unwrap()
+        .without_monitor();
+    assert!(off.monitor().is_none());
+    let mut p = started(&config, Mode::Enforce, Some(1.0));
+    p.disable_monitor();
+    assert!(p.monitor().is_none());
+    measured(&mut p, None, 1.25);
+    assert!(p.monitor().is_none(), "stays off");
+}

@@ -262,6 +262,12 @@ impl StepProtocol {
         self.monitor = None;
     }
 
+    /// The runtime safety monitor, once the controller has started (`None` when it is turned
+    /// off): its running maximum of accepted measurements is the envelope of Proposition 7.5.
+    pub fn monitor(&self) -> Option<&SafetyMonitor> {
+        self.monitor.as_ref()
+    }
+
     fn start_controller(&mut self, y0: f64) -> Result<(), StabError> {
         self.controller = Some(Controller::from_config(&self.config, y0)?);
         if self.monitor_enabled {
