@@ -279,6 +279,19 @@ pub enum GuardError {
     /// An observer could not record a step.
     #[error(transparent)]
     Observer(#[from] ObserverError),
+    /// The overlapped guard measures the probe signal only: other signals are measured before
+    /// the optimizer step, so there is nothing to overlap.
+    #[error("the overlapped probe needs the probe signal, not {signal:?}")]
+    OverlapNeedsProbe {
+        /// The configured signal.
+        signal: SignalKind,
+    },
+    /// The overlapped guard's probe thread could not start, or is gone (its probe panicked).
+    #[error("the probe thread is unavailable: {message}")]
+    ProbeThread {
+        /// What went wrong.
+        message: String,
+    },
 }
 
 impl From<StabError> for GuardError {

@@ -188,14 +188,36 @@ impl<M: Module + 'static> Guard<M> {
         grads: GradientsParams,
         inputs: StepInputs,
     ) -> Result<GuardedStep<M>, GuardError> {
+        let mut proposed = self.propose(lr, model, grads, inputs)?;
+        let measurement = if proposed.needs_probe() {
+            let clock = Instant::now();
+            let y = self.probe_proposal(proposed.step, &proposed.model)?;
+            proposed.timings.measure += clock.elapsed();
+            Some(y)
+        } else {
+            None
+        };
+        self.settle(proposed, measurement)
+    }
+
+    /// The first half of a guarded step: the gradient gate, the measurement a signal takes before
+    /// the step, and the optimizer's proposal. What is left is the probe of the proposal (when
+    /// [`Proposed::needs_probe`]) and [`Guard::settle`].
+    pub(crate) fn propose(
+        &mut self,
+        lr: impl Into<ModuleLearningRate>,
+        model: M,
+        grads: GradientsParams,
+        inputs: StepInputs,
+    ) -> Result<Proposed<M>, GuardError> {
         let step = self.protocol.next_step();
         let mut timings = StepTimings::default();
         let clock = Instant::now();
         let gradient_norm = self.gate_input(step, &model, &grads)?;
         timings.measure = clock.elapsed();
 
-        let (model, directive) = match self.protocol.begin_step(gradient_norm)? {
-            StepPlan::Skip => (model, Directive::Keep),
+        let (model, pending) = match self.protocol.begin_step(gradient_norm)? {
+            StepPlan::Skip => (model, Pending::Directed(Directive::Keep)),
             StepPlan::Propose { measure } => {
                 let clock = Instant::now();
                 let before = if measure {
@@ -208,16 +230,42 @@ impl<M: Module + 'static> Guard<M> {
                 let clock = Instant::now();
                 let proposal = self.optim.step(lr, model, grads);
                 timings.optimizer = clock.elapsed();
-
-                let clock = Instant::now();
-                let measurement = match (measure, before) {
-                    (false, _) => None,
-                    (true, Some(y)) => Some(y),
-                    (true, None) => Some(self.probe_proposal(step, &proposal)?),
+                let pending = match (measure, before) {
+                    (false, _) => Pending::Measured(None),
+                    (true, Some(y)) => Pending::Measured(Some(y)),
+                    (true, None) => Pending::Probe,
                 };
-                timings.measure += clock.elapsed();
-                (proposal, self.protocol.decide(measurement)?)
+                (proposal, pending)
             }
+        };
+        Ok(Proposed {
+            step,
+            model,
+            timings,
+            pending,
+        })
+    }
+
+    /// The second half of a guarded step: decides on the proposal with `probe_measurement` (the
+    /// probe's y(θ_prop), required when [`Proposed::needs_probe`]), does what the protocol says
+    /// (commit, restore, rewind, reset) and reports.
+    pub(crate) fn settle(
+        &mut self,
+        proposed: Proposed<M>,
+        probe_measurement: Option<f64>,
+    ) -> Result<GuardedStep<M>, GuardError> {
+        let Proposed {
+            step,
+            model,
+            mut timings,
+            pending,
+        } = proposed;
+        let directive = match pending {
+            Pending::Directed(directive) => directive,
+            Pending::Measured(measurement) => self.protocol.decide(measurement)?,
+            Pending::Probe => self.protocol.decide(Some(
+                probe_measurement.ok_or(StabError::MissingMeasurement { step })?,
+            ))?,
         };
 
         let clock = Instant::now();
@@ -260,6 +308,16 @@ impl<M: Module + 'static> Guard<M> {
                 timings,
             },
         })
+    }
+
+    /// Moves the probe out of the guard (for a driver that measures on another thread).
+    pub(crate) fn take_probe(&mut self) -> Option<Box<dyn Measure<M>>> {
+        self.probe.take()
+    }
+
+    /// Puts a probe taken with [`Guard::take_probe`] back.
+    pub(crate) fn put_probe(&mut self, probe: Box<dyn Measure<M>>) {
+        self.probe = Some(probe);
     }
 
     /// The optimizer (its state is the accepted one after every decided step).
@@ -487,4 +545,32 @@ impl<M: Module + 'static> Guard<M> {
             .map(Some)
             .map_err(|source: StoreError| GuardError::Fingerprint { step, source })
     }
+}
+
+/// A proposal waiting for its decision: what [`Guard::propose`] leaves for [`Guard::settle`].
+pub(crate) struct Proposed<M> {
+    /// The step index t.
+    pub(crate) step: u64,
+    /// θ_prop (or the unchanged model when the gate skipped the step).
+    pub(crate) model: M,
+    /// Timings so far.
+    pub(crate) timings: StepTimings,
+    pending: Pending,
+}
+
+impl<M> Proposed<M> {
+    /// Whether the decision waits for the probe's measurement of [`Proposed::model`].
+    pub(crate) fn needs_probe(&self) -> bool {
+        matches!(self.pending, Pending::Probe)
+    }
+}
+
+/// What the decision of a proposed step waits for.
+enum Pending {
+    /// Nothing: the gate already decided.
+    Directed(Directive),
+    /// Nothing more: the measurement was taken before the step (or the step is unprobed).
+    Measured(Option<f64>),
+    /// The probe's measurement of the proposal.
+    Probe,
 }

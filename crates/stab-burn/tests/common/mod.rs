@@ -126,12 +126,14 @@ pub struct StateBytes {
     pub tensors: Vec<(String, String, bool, Vec<u8>)>,
     pub optim_tensors: Vec<(String, Vec<u8>)>,
     pub optim_scalars: Vec<(String, String)>,
+    /// Each parameter's numeric id (as the optimizer's record names it) and module path.
+    pub ids: Vec<(String, String)>,
 }
 
 impl StateBytes {
     pub fn of(model: &Net, optim: &ModuleOptimizer) -> Self {
         let _ = model.valid(); // merge pending running-statistic updates of every thread
-        let mut dump = Dump(Vec::new(), Vec::new());
+        let mut dump = Dump(Vec::new(), Vec::new(), Vec::new());
         model.visit(&mut dump);
         let reader = burn_pack::Reader::from_bytes(optim.into_bytes().unwrap()).unwrap();
         let optim_scalars = reader
@@ -152,6 +154,45 @@ impl StateBytes {
             tensors: dump.1,
             optim_tensors,
             optim_scalars,
+            ids: dump.2,
+        }
+    }
+
+    /// The same state keyed by module path instead of parameter id, for comparing runs whose
+    /// models were built separately (every `Net::new` draws fresh ids).
+    pub fn by_path(&self) -> Self {
+        let rename = |name: &str| {
+            let (head, rest) = name.split_once('.').unwrap_or((name, ""));
+            match self.ids.iter().find(|(id, _)| id == head) {
+                Some((_, path)) => format!("{path}.{rest}"),
+                None => name.to_owned(),
+            }
+        };
+        let mut tensors: Vec<_> = self
+            .tensors
+            .iter()
+            .map(|(_, path, trainable, bytes)| {
+                (String::new(), path.clone(), *trainable, bytes.clone())
+            })
+            .collect();
+        tensors.sort_by(|a, b| a.1.cmp(&b.1));
+        let mut optim_tensors: Vec<_> = self
+            .optim_tensors
+            .iter()
+            .map(|(name, bytes)| (rename(name), bytes.clone()))
+            .collect();
+        optim_tensors.sort();
+        let mut optim_scalars: Vec<_> = self
+            .optim_scalars
+            .iter()
+            .map(|(name, value)| (rename(name), value.clone()))
+            .collect();
+        optim_scalars.sort();
+        Self {
+            tensors,
+            optim_tensors,
+            optim_scalars,
+            ids: Vec::new(),
         }
     }
 
@@ -200,7 +241,11 @@ pub fn assert_same_state(expected: &StateBytes, actual: &StateBytes) {
     assert_eq!(expected, actual);
 }
 
-struct Dump(Vec<String>, Vec<(String, String, bool, Vec<u8>)>);
+struct Dump(
+    Vec<String>,
+    Vec<(String, String, bool, Vec<u8>)>,
+    Vec<(String, String)>,
+);
 
 impl ModuleVisitor for Dump {
     fn enter_module(&mut self, name: &str, _container_type: &str) {
@@ -212,6 +257,7 @@ impl ModuleVisitor for Dump {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let tensor = param.val();
         let trainable = tensor.is_require_grad();
+        self.2.push((param.id.val().to_string(), self.0.join(".")));
         self.1.push((
             param.id.to_string(),
             self.0.join("."),
