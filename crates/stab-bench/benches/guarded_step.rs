@@ -208,21 +208,33 @@ where
     }
 }
 
+/// One model's training data, probes and learning rate.
+struct Workload<'a, M: LossModel> {
+    name: &'static str,
+    batch_size: usize,
+    batches: &'a [M::Batch],
+    probes: &'a BTreeMap<usize, M::Batch>,
+    lr: f64,
+}
+
 /// Times every case of one model and prints its summary lines.
 fn bench_model<M>(
     c: &mut Criterion,
-    name: &str,
-    batch_size: usize,
+    work: &Workload<'_, M>,
     init: impl Fn() -> M,
-    batches: &[M::Batch],
-    probes: &BTreeMap<usize, M::Batch>,
-    lr: f64,
     device: &Device,
     probe_sweep: &[usize],
 ) where
     M: LossModel + 'static,
     M::Batch: Send + Sync + 'static,
 {
+    let Workload {
+        name,
+        batch_size,
+        batches,
+        probes,
+        lr,
+    } = *work;
     let tallies: RefCell<Vec<(Case, Tally)>> = RefCell::new(Vec::new());
     let mut group = c.benchmark_group(format!("guarded_step/{name}"));
     for case in cases(probe_sweep) {
@@ -397,21 +409,19 @@ fn main() {
         .map(|p| (p, data.probe_batch(p, &device).expect("a probe batch")))
         .collect();
     device.seed(0);
-    bench_model(
-        &mut c,
-        "resnet18",
-        RESNET_BATCH,
-        || {
-            data.resnet_config(RESNET_WIDTH)
-                .init(&train)
-                .expect("a valid config")
-        },
-        &batches,
-        &probes,
-        stab_models::REFERENCE_RESNET_LR,
-        &device,
-        sweep,
-    );
+    let work = Workload {
+        name: "resnet18",
+        batch_size: RESNET_BATCH,
+        batches: &batches,
+        probes: &probes,
+        lr: stab_models::REFERENCE_RESNET_LR,
+    };
+    let init = || {
+        data.resnet_config(RESNET_WIDTH)
+            .init(&train)
+            .expect("a valid config")
+    };
+    bench_model(&mut c, &work, init, &device, sweep);
 
     // The character Transformer on the synthetic repeated-phrase corpus.
     let mut probes = BTreeMap::new();
@@ -430,26 +440,24 @@ fn main() {
                 .expect("a batch")
         })
         .collect();
-    bench_model(
-        &mut c,
-        "transformer",
-        TRANSFORMER_BATCH,
-        || {
-            CharTransformerConfig::new(text.vocab_size())
-                .with_seq_len(SEQ_LEN)
-                .with_d_model(D_MODEL)
-                .with_n_heads(4)
-                .with_n_layers(2)
-                .with_d_ff(4 * D_MODEL)
-                .init(&train)
-                .expect("a valid config")
-        },
-        &batches,
-        &probes,
-        stab_models::PAPER_TRANSFORMER_LR,
-        &device,
-        sweep,
-    );
+    let work = Workload {
+        name: "transformer",
+        batch_size: TRANSFORMER_BATCH,
+        batches: &batches,
+        probes: &probes,
+        lr: stab_models::PAPER_TRANSFORMER_LR,
+    };
+    let init = || {
+        CharTransformerConfig::new(text.vocab_size())
+            .with_seq_len(SEQ_LEN)
+            .with_d_model(D_MODEL)
+            .with_n_heads(4)
+            .with_n_layers(2)
+            .with_d_ff(4 * D_MODEL)
+            .init(&train)
+            .expect("a valid config")
+    };
+    bench_model(&mut c, &work, init, &device, sweep);
 
     bench_stores(&mut c, &device, if quick { &[4] } else { &[4, 8, 16, 32] });
     c.final_summary();
