@@ -146,7 +146,7 @@ pub mod non_finite_f64 {
             serializer.serialize_f64(*value)
         } else if value.is_nan() {
             serializer.serialize_str("NaN")
-        } else if *value > 0.0 {
+        } else if *value == f64::INFINITY {
             serializer.serialize_str("inf")
         } else {
             serializer.serialize_str("-inf")

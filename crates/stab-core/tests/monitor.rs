@@ -277,12 +277,13 @@ fn the_envelope_allows_the_rounding_of_a_sum_the_controller_never_formed() {
 }
 
 #[test]
-fn a_measurement_exactly_on_the_envelope_and_its_allowance_is_lawful() {
-    // y = 1 + 20 ulps sits exactly on max (0) + ε (1) + the allowance 8 ulp·(|y| + |ŷ| + |max| + ε).
-    let y = 1.0 + 20.0 * f64::EPSILON;
-    let allowance = 8.0 * f64::EPSILON * (y.abs() + 0.5 + 0.0 + 1.0);
-    assert_eq!(0.0 + 1.0 + allowance, y, "premise: y is on the boundary");
-    let record = StepRecord {
+fn the_envelope_allowance_is_exactly_eight_ulps_of_the_magnitudes_involved() {
+    // max = y(θ₀) = 0.25, ŷ = 0.5, ε = 1: y = 1.25 + 24 ulp sits exactly on
+    // max + ε + 8 ulp·(|y| + |ŷ| + |max| + ε); one ulp more is outside the envelope.
+    let y = 1.25 + 24.0 * f64::EPSILON;
+    let allowance = 8.0 * f64::EPSILON * (y.abs() + 0.5 + 0.25 + 1.0);
+    assert_eq!(0.25 + 1.0 + allowance, y, "premise: y is on the boundary");
+    let on = StepRecord {
         measurement: y,
         reference: 0.5,
         reference_after: 0.5,
@@ -290,5 +291,14 @@ fn a_measurement_exactly_on_the_envelope_and_its_allowance_is_lawful() {
         threshold: 1.0,
         ..accepted()
     };
-    assert_eq!(SafetyMonitor::new(0.0).check_decision(&record), Ok(()));
+    assert_eq!(SafetyMonitor::new(0.25).check_decision(&on), Ok(()));
+    let beyond = StepRecord {
+        measurement: y.next_up(),
+        innovation: y.next_up() - 0.5,
+        ..on
+    };
+    assert!(matches!(
+        SafetyMonitor::new(0.25).check_decision(&beyond),
+        Err(SafetyViolation::EnvelopeStep { .. })
+    ));
 }
