@@ -67,10 +67,11 @@ impl Case {
         match self.store {
             None => "unguarded".to_owned(),
             Some(store) => format!(
-                "store={} k={} P={}",
+                "store={} k={} P={}{}",
                 store_name(store),
                 self.interval,
-                self.probe
+                self.probe,
+                if self.overlap { " overlapped" } else { "" }
             ),
         }
     }
