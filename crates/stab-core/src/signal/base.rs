@@ -45,7 +45,5 @@ pub trait InnovationSignal: Debug + Send {
 
     /// The proposal measured `measurement` was rejected. The default does nothing, which is what
     /// every signal here wants: the history holds accepted measurements only.
-    fn reject(&mut self, measurement: f64) {
-        let _ = measurement;
-    }
+    fn reject(&mut self, _measurement: f64) {}
 }

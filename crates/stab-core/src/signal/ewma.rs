@@ -36,11 +36,7 @@ impl EwmaReference {
         if !measurement.is_finite() {
             return;
         }
-        let (low, high) = if measurement < self.value {
-            (measurement, self.value)
-        } else {
-            (self.value, measurement)
-        };
+        let (low, high) = (measurement.min(self.value), measurement.max(self.value));
         // a + α (b − a) can overflow for operands of opposite sign near f64::MAX; the convex form
         // (1 − α) a + α b cannot, and the clamp removes any rounding outside [low, high].
         let blended = (1.0 - self.alpha) * self.value + self.alpha * measurement;
@@ -55,8 +51,11 @@ mod tests {
     #[test]
     fn update_moves_towards_the_measurement_by_alpha() {
         let mut ewma = EwmaReference::new(1.0, 0.25);
+        assert_eq!(ewma.alpha(), 0.25);
         ewma.update(3.0);
         assert_eq!(ewma.value(), 1.5);
+        ewma.update(0.5);
+        assert_eq!(ewma.value(), 1.25, "downwards too");
     }
 
     #[test]
