@@ -225,7 +225,8 @@ fn bench_model<M>(
     init: impl Fn() -> M,
     device: &Device,
     probe_sweep: &[usize],
-) where
+) -> Vec<Point>
+where
     M: LossModel + 'static,
     M::Batch: Send + Sync + 'static,
 {
@@ -268,13 +269,14 @@ fn bench_model<M>(
         tallies.borrow_mut().push((case, tally));
     }
     group.finish();
-    summarize(name, batch_size, &tallies.into_inner());
+    summarize(name, batch_size, &tallies.into_inner())
 }
 
 /// One line per guarded case: measured γ against the floor, and where the extra time went.
-fn summarize(name: &str, batch_size: usize, tallies: &[(Case, Tally)]) {
+fn summarize(name: &str, batch_size: usize, tallies: &[(Case, Tally)]) -> Vec<Point> {
+    let mut points = Vec::new();
     let Some((_, base)) = tallies.iter().find(|(c, _)| c.store.is_none()) else {
-        return;
+        return points;
     };
     let unguarded = base.per_step(base.wall);
     println!(
@@ -296,7 +298,94 @@ fn summarize(name: &str, batch_size: usize, tallies: &[(Case, Tally)]) {
             measured / floor,
             100.0 * measured - probe - snapshot - restore,
         );
+        points.push(Point {
+            floor,
+            measured,
+            overlap: case.overlap,
+        });
     }
+    points
+}
+
+/// One guarded case on the γ plot.
+#[derive(Debug, Clone, Copy)]
+struct Point {
+    floor: f64,
+    measured: f64,
+    overlap: bool,
+}
+
+/// Writes measured γ against the floor |P| / (3|B|) as an SVG scatter plot: sequential cases as
+/// circles, overlapped ones as squares, with the lines γ = floor and γ = floor / 2.
+fn write_plot(points: &[Point], path: &std::path::Path) -> std::io::Result<()> {
+    let (w, h, pad) = (560.0, 400.0, 50.0);
+    let max = points
+        .iter()
+        .flat_map(|p| [p.floor, p.measured])
+        .fold(0.05_f64, f64::max)
+        * 1.1;
+    let min = points.iter().map(|p| p.measured).fold(0.0_f64, f64::min);
+    let x = |v: f64| pad + (v / max) * (w - 2.0 * pad);
+    let y = |v: f64| h - pad - ((v - min) / (max - min)) * (h - 2.0 * pad);
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="black"/>
+<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="black"/>
+<text x="{xm}" y="{xl}" text-anchor="middle">floor |P|/(3|B|), divided by k</text>
+<text x="14" y="{ym}" transform="rotate(-90 14 {ym})" text-anchor="middle">measured γ (wall clock)</text>
+<line x1="{x0}" y1="{yz}" x2="{x1}" y2="{yd}" stroke="gray" stroke-dasharray="4"/>
+<line x1="{x0}" y1="{yz}" x2="{x1}" y2="{yh}" stroke="gray" stroke-dasharray="1 3"/>
+<text x="{x1}" y="{yd}" text-anchor="end" dy="-4">γ = floor</text>
+<text x="{x1}" y="{yh}" text-anchor="end" dy="-4">γ = floor / 2</text>
+"#,
+        x0 = x(0.0),
+        x1 = x(max),
+        y0 = y(min),
+        y1 = y(max),
+        xm = w / 2.0,
+        xl = h - 12.0,
+        ym = h / 2.0,
+        yz = y(0.0),
+        yd = y(max),
+        yh = y(max / 2.0),
+    );
+    for tick in [0.0, 0.25, 0.5, 0.75, 1.0].map(|f| f * max) {
+        svg += &format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{:.0} %</text>\n",
+            x(tick),
+            y(min) + 16.0,
+            100.0 * tick
+        );
+        svg += &format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.0} %</text>\n",
+            x(0.0) - 4.0,
+            y(tick) + 4.0,
+            100.0 * tick
+        );
+    }
+    for p in points {
+        let (cx, cy) = (x(p.floor), y(p.measured));
+        svg += &if p.overlap {
+            format!(
+                "<rect x=\"{}\" y=\"{}\" width=\"8\" height=\"8\" style=\"fill:#e67e22\"/>\n",
+                cx - 4.0,
+                cy - 4.0
+            )
+        } else {
+            format!("<circle cx=\"{cx}\" cy=\"{cy}\" r=\"4\" style=\"fill:#2c7fb8\"/>\n")
+        };
+    }
+    svg += &format!(
+        "<circle cx=\"{0}\" cy=\"20\" r=\"4\" style=\"fill:#2c7fb8\"/><text x=\"{1}\" y=\"24\">sequential probe</text>\n<rect x=\"{2}\" y=\"36\" width=\"8\" height=\"8\" style=\"fill:#e67e22\"/><text x=\"{1}\" y=\"44\">overlapped probe</text>\n</svg>\n",
+        pad + 10.0,
+        pad + 20.0,
+        pad + 6.0
+    );
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, svg)
 }
 
 /// Save and restore time of each store against the parameter count (ResNet-18 widths), and the
@@ -422,7 +511,7 @@ fn main() {
             .init(&train)
             .expect("a valid config")
     };
-    bench_model(&mut c, &work, init, &device, sweep);
+    let mut points = bench_model(&mut c, &work, init, &device, sweep);
 
     // The character Transformer on the synthetic repeated-phrase corpus.
     let mut probes = BTreeMap::new();
@@ -458,7 +547,16 @@ fn main() {
             .init(&train)
             .expect("a valid config")
     };
-    bench_model(&mut c, &work, init, &device, sweep);
+    points.extend(bench_model(&mut c, &work, init, &device, sweep));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
+        std::path::PathBuf::from,
+    );
+    let plot = target.join("stab-bench").join("gamma.svg");
+    match write_plot(&points, &plot) {
+        Ok(()) => println!("plot: {}", plot.display()),
+        Err(e) => println!("plot not written ({}): {e}", plot.display()),
+    }
 
     bench_stores(&mut c, &device, if quick { &[4] } else { &[4, 8, 16, 32] });
     c.final_summary();
