@@ -244,7 +244,12 @@ fn train(
         .metrics((LossMetric::new(), AccuracyMetric::new()))
         .num_epochs(1)
         .with_application_logger(None);
-    let training = stab.register(training); // the guard's metrics on the dashboard
+    // The guard's metrics on the dashboard (the unguarded runs have none to show).
+    let training = if guard {
+        stab.register(training)
+    } else {
+        training
+    };
     let learner = Learner::new(model, AdamWConfig::new().init(), LR);
     let result = training.launch(learner);
     if let Some(error) = result.error {
@@ -298,7 +303,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// A summary of the guarded run from its step records: which steps were rolled back.
+/// A summary of the guarded run from its step records: which steps were rolled back (an error
+/// unless exactly the spiked ones).
 fn guarded_counters(path: &Path) -> Result<String, Box<dyn std::error::Error>> {
     let text = std::fs::read_to_string(path)?;
     let mut rolled = Vec::new();
@@ -309,6 +315,10 @@ fn guarded_counters(path: &Path) -> Result<String, Box<dyn std::error::Error>> {
         if record.action.discards_proposal() {
             rolled.push(record.step);
         }
+    }
+    // What this example shows, checked so that CI fails if it stops holding.
+    if rolled != (80..90).collect::<Vec<u64>>() {
+        return Err(format!("expected the spiked steps 80..90 rolled back, got {rolled:?}").into());
     }
     Ok(format!(
         "{steps} step records, {} rolled back: {rolled:?}",
