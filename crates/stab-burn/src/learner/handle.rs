@@ -20,7 +20,7 @@ enum Stage<M: Module> {
     /// No guard installed: `optimize` is the plain optimizer step.
     Unguarded,
     /// Installed, built at the first step.
-    Pending(GuardBuilder<M>),
+    Pending(Box<GuardBuilder<M>>),
     /// Guarding.
     Running(Box<Guard<M>>),
     /// A guard error ended guarding; the `Learner` has been asked to stop.
@@ -94,7 +94,7 @@ impl<M: Module + 'static> LearnerGuard<M> {
     /// (after any checkpoint the `Learner` resumed from). Replaces a guard installed before.
     pub fn install(&self, builder: GuardBuilder<M>) {
         let mut inner = self.lock();
-        inner.stage = Stage::Pending(builder);
+        inner.stage = Stage::Pending(Box::new(builder));
         inner.error = None;
         inner.last_report = None;
     }
