@@ -264,7 +264,7 @@ impl<M: Module + 'static> Guard<M> {
 
     /// One guarded step on an optimizer the caller lends, for a training driver that owns its
     /// optimizer (burn-train's `Learner` lends it to `TrainStep::optimize`; see
-    /// [`crate::learner`] with the `train` feature). The same step as [`Guard::step_with`], run
+    /// the `learner` module of the `train` feature). The same step as [`Guard::step_with`], run
     /// on `optim` instead of the guard's own optimizer: on a rejection `optim` is restored in
     /// place, exactly (moments and step counts), like the model.
     ///
