@@ -41,8 +41,9 @@
 //!
 //! # What a rejection does to the `Learner`'s own bookkeeping
 //! The guarantees concern θ (parameters and running statistics) and O (optimizer state) only;
-//! the rest of the `Learner`'s state moves on, as in the loop API. `tests/learner.rs` checks each
-//! point.
+//! the rest of the `Learner`'s state moves on, as in the loop API. `tests/learner.rs` checks the
+//! model and optimizer after every rollback, the scheduler and iteration count, gradient
+//! accumulation and the state a run ends on; the rewind and resume cases are not tested there.
 //!
 //! - **Iteration counter**: counts the rejected step (it counts batches, not accepted updates).
 //! - **Learning-rate scheduler**: has already advanced when `optimize` runs (`lr_step` precedes
