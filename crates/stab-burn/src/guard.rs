@@ -320,6 +320,42 @@ impl<M: Module + 'static> Guard<M> {
         self.probe = Some(probe);
     }
 
+    /// One guarded step on an optimizer the caller lends, for a training driver that owns its
+    /// optimizer (burn-train's `Learner` lends it to `TrainStep::optimize`; see
+    /// the `learner` module of the `train` feature). The same step as [`Guard::step_with`], run
+    /// on `optim` instead of the guard's own optimizer: on a rejection `optim` is restored in
+    /// place, exactly (moments and step counts), like the model.
+    ///
+    /// The lent optimizer is swapped in for the step and swapped back out, so the two entry
+    /// points share one implementation. Build such a guard with a clone of the lent optimizer
+    /// (copy-on-write: the first snapshot costs no copy); the guard's own optimizer is not used
+    /// while it is lent one.
+    ///
+    /// # Errors
+    /// As [`Guard::step_with`]; `optim` then holds the state the failed step left (after
+    /// [`StabError::RecoveryExhausted`], the last accepted one).
+    pub fn step_lent_with(
+        &mut self,
+        optim: &mut ModuleOptimizer,
+        lr: impl Into<ModuleLearningRate>,
+        model: M,
+        grads: GradientsParams,
+        inputs: StepInputs,
+    ) -> Result<GuardedStep<M>, GuardError> {
+        std::mem::swap(&mut self.optim, optim);
+        let result = self.step_with(lr, model, grads, inputs);
+        std::mem::swap(&mut self.optim, optim);
+        result
+    }
+
+    /// Drops the state of the guard's own optimizer (keeps its configuration): for a guard that
+    /// will only be lent optimizers ([`Guard::step_lent_with`]), so that its own copy does not
+    /// keep the initial optimizer state alive.
+    #[cfg(feature = "train")]
+    pub(crate) fn clear_own_optimizer(&mut self) {
+        self.optim = self.optim.clone().load_record(OptimizerRecord::default());
+    }
+
     /// The optimizer (its state is the accepted one after every decided step).
     pub fn optimizer(&self) -> &ModuleOptimizer {
         &self.optim

@@ -1,0 +1,258 @@
+//! [`LearnerGuard`]: the guard a model keeps for burn-train's `TrainStep::optimize`.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use burn::module::Module;
+use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn_train::{Interrupter, LearnerModel, SupervisedTraining};
+use stab_core::StabError;
+
+use super::metrics::{GuardMetric, GuardMetricKind, GuardSample, SampleLog};
+use crate::builder::GuardBuilder;
+use crate::error::GuardError;
+use crate::guard::{Guard, StepInputs};
+use crate::report::StepReport;
+
+/// What the handle holds: the guard (or the builder until the first step), the error that
+/// ended guarding, and where to report it.
+enum Stage<M: Module> {
+    /// No guard installed: `optimize` is the plain optimizer step.
+    Unguarded,
+    /// Installed, built at the first step.
+    Pending(Box<GuardBuilder<M>>),
+    /// Guarding.
+    Running(Box<Guard<M>>),
+    /// A guard error ended guarding; the `Learner` has been asked to stop.
+    Failed,
+}
+
+struct Inner<M: Module> {
+    stage: Stage<M>,
+    error: Option<GuardError>,
+    interrupter: Option<Interrupter>,
+    last_report: Option<StepReport>,
+}
+
+/// A cloneable handle to a [`Guard`] that protects a burn-train `Learner` run: keep it in a
+/// `#[module(skip)]` field of the model and call [`LearnerGuard::optimize`] from the model's
+/// `TrainStep::optimize` override (see [`crate::learner`] for the pattern and its semantics).
+///
+/// Clones share one guard (an `Arc<Mutex<…>>`): the `Learner` clones the model every step.
+/// [`Default`] is an empty handle, under which `optimize` is burn's plain optimizer step.
+pub struct LearnerGuard<M: Module> {
+    inner: Arc<Mutex<Inner<M>>>,
+    log: Arc<Mutex<SampleLog>>,
+}
+
+impl<M: Module> Clone for LearnerGuard<M> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            log: Arc::clone(&self.log),
+        }
+    }
+}
+
+impl<M: Module> std::fmt::Debug for LearnerGuard<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let stage = match &inner.stage {
+            Stage::Unguarded => "unguarded",
+            Stage::Pending(_) => "pending",
+            Stage::Running(_) => "running",
+            Stage::Failed => "failed",
+        };
+        f.debug_struct("LearnerGuard")
+            .field("stage", &stage)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: Module + 'static> Default for LearnerGuard<M> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<M: Module + 'static> LearnerGuard<M> {
+    /// An empty handle: unguarded until [`LearnerGuard::install`].
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                stage: Stage::Unguarded,
+                error: None,
+                interrupter: None,
+                last_report: None,
+            })),
+            log: Arc::new(Mutex::new(SampleLog::default())),
+        }
+    }
+
+    /// Guards the steps from now on with the guard `builder` describes. The guard is built at
+    /// the next `optimize` call, from the model and the `Learner`'s optimizer as they are then
+    /// (after any checkpoint the `Learner` resumed from). Replaces a guard installed before.
+    pub fn install(&self, builder: GuardBuilder<M>) {
+        let mut inner = self.lock();
+        inner.stage = Stage::Pending(Box::new(builder));
+        inner.error = None;
+        inner.last_report = None;
+    }
+
+    /// Stops the `Learner` through `interrupter` when guarding fails (a guard error, or the
+    /// escalation ladder exhausted); [`LearnerGuard::register`] sets it for you.
+    pub fn stop_on_failure(&self, interrupter: Interrupter) {
+        self.lock().interrupter = Some(interrupter);
+    }
+
+    /// Registers the guard's metrics ([`GuardMetricKind::ALL`]) as numeric training metrics of
+    /// `training` (the dashboard and the metric loggers show them) and stops that training when
+    /// guarding fails. For a `Learner` without gradient accumulation.
+    pub fn register<L: LearnerModel>(
+        &self,
+        training: SupervisedTraining<L>,
+    ) -> SupervisedTraining<L> {
+        self.register_accumulated(training, 1)
+    }
+
+    /// [`LearnerGuard::register`] for a `Learner` built with `grads_accumulation(k)`: the
+    /// metrics then advance one guarded step per `k` items (and at an epoch's last item), as the
+    /// `Learner` steps its optimizer. `k = 0` is taken as 1.
+    pub fn register_accumulated<L: LearnerModel>(
+        &self,
+        training: SupervisedTraining<L>,
+        grads_accumulation: usize,
+    ) -> SupervisedTraining<L> {
+        self.stop_on_failure(training.interrupter());
+        GuardMetricKind::ALL
+            .iter()
+            .fold(training, |training, &kind| {
+                training
+                    .metric_train_numeric(self.metric(kind).grads_accumulation(grads_accumulation))
+            })
+    }
+
+    /// One metric of the guard, to register yourself (e.g. as a validation-free training metric
+    /// with another name): see [`GuardMetric`].
+    pub fn metric(&self, kind: GuardMetricKind) -> GuardMetric {
+        GuardMetric::new(kind, Arc::clone(&self.log))
+    }
+
+    /// The guarded step, in place of `optim.step(lr, model, grads)` inside
+    /// `TrainStep::optimize`: returns the model to continue with (the proposal if accepted,
+    /// otherwise the restored state) and leaves `optim` holding the matching optimizer state.
+    ///
+    /// Under an empty handle this is `optim.step(lr, model, grads)`. When guarding fails (the
+    /// guard cannot be built, a probe, signal or store fails, or the escalation ladder is
+    /// exhausted) the error is kept for [`LearnerGuard::take_error`], the `Learner` is stopped
+    /// through the interrupter given to [`LearnerGuard::register`] or
+    /// [`LearnerGuard::stop_on_failure`], and later calls keep the model unchanged. After an
+    /// exhausted ladder the returned model and `optim` are the last accepted state; after
+    /// another error the model is the one given (the step is not applied) and `optim` holds
+    /// what the failed step left.
+    ///
+    /// # Panics
+    /// When guarding fails and no interrupter was given: `optimize` cannot return an error,
+    /// and training on without the guard would be silent.
+    pub fn optimize(
+        &self,
+        model: M,
+        optim: &mut ModuleOptimizer,
+        lr: ModuleLearningRate,
+        grads: GradientsParams,
+    ) -> M {
+        self.optimize_with(model, optim, lr, grads, StepInputs::default())
+    }
+
+    /// [`LearnerGuard::optimize`] with the extra inputs a signal may need ([`StepInputs`]).
+    ///
+    /// # Panics
+    /// As [`LearnerGuard::optimize`].
+    pub fn optimize_with(
+        &self,
+        model: M,
+        optim: &mut ModuleOptimizer,
+        lr: ModuleLearningRate,
+        grads: GradientsParams,
+        inputs: StepInputs,
+    ) -> M {
+        let mut inner = self.lock();
+        let stage = std::mem::replace(&mut inner.stage, Stage::Failed);
+        let mut guard = match stage {
+            Stage::Unguarded => {
+                inner.stage = Stage::Unguarded;
+                return optim.step(lr, model, grads);
+            }
+            Stage::Failed => return model,
+            Stage::Running(guard) => guard,
+            Stage::Pending(builder) => match builder.build(&model, optim.clone()) {
+                Ok(mut guard) => {
+                    guard.clear_own_optimizer();
+                    Box::new(guard)
+                }
+                Err(error) => {
+                    Self::fail(&mut inner, error);
+                    return model;
+                }
+            },
+        };
+        // Parameters are immutable tensors behind `Arc`s: this clone copies no weights. It is
+        // what `optimize` returns if the step fails without handing a model back.
+        let given = model.clone();
+        match guard.step_lent_with(optim, lr, model, grads, inputs) {
+            Ok(step) => {
+                self.log
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(GuardSample::from_report(&step.report));
+                inner.last_report = Some(step.report);
+                inner.stage = Stage::Running(guard);
+                step.model
+            }
+            Err(error) => {
+                let model = match &error {
+                    GuardError::Controller(StabError::RecoveryExhausted(_)) => {
+                        guard.take_last_accepted().unwrap_or(given)
+                    }
+                    _ => given,
+                };
+                Self::fail(&mut inner, error);
+                model
+            }
+        }
+    }
+
+    /// The report of the last guarded step.
+    pub fn last_report(&self) -> Option<StepReport> {
+        self.lock().last_report.clone()
+    }
+
+    /// Runs `f` on the guard, once it is built (counters, reference, store memory).
+    pub fn with_guard<R>(&self, f: impl FnOnce(&Guard<M>) -> R) -> Option<R> {
+        match &self.lock().stage {
+            Stage::Running(guard) => Some(f(guard)),
+            _ => None,
+        }
+    }
+
+    /// The error that ended guarding, if one did (taken: a second call returns `None`).
+    pub fn take_error(&self) -> Option<GuardError> {
+        self.lock().error.take()
+    }
+
+    fn fail(inner: &mut Inner<M>, error: GuardError) {
+        inner.stage = Stage::Failed;
+        let reason = format!("stab guard: {error}");
+        inner.error = Some(error);
+        match &inner.interrupter {
+            Some(interrupter) => interrupter.stop(Some(&reason)),
+            None => panic!(
+                "{reason} (no interrupter to stop the Learner: use LearnerGuard::register or stop_on_failure)"
+            ),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<M>> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,379 @@
+//! A burn-train `Learner` run guarded through `TrainStep::optimize` (feature `train`): an
+//! injected learning-rate spike is rolled back, after each rollback the `Learner`'s model and
+//! optimizer are byte for byte the last accepted state, the guard's numbers reach the metric
+//! logger item by item, and the `Learner`'s own bookkeeping (scheduler, iteration count, data,
+//! gradient accumulation, final model) behaves as `stab_burn::learner` documents.
+//!
+//! Data: the seeded synthetic blobs of `tests/common` (a unit test, not a result).
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use burn::data::dataloader::DataLoaderBuilder;
+use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataset::InMemDataset;
+use burn::module::Module;
+use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+use burn::optim::lr_scheduler::{LrScheduler, LrSchedulerRecord};
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::Device;
+use burn::tensor::activation::log_softmax;
+use burn_train::{
+    ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
+};
+use common::{Batch, Net, StateBytes, adamw, assert_same_state, batch};
+use stab_burn::learner::{GuardMetricKind, LearnerGuard};
+use stab_burn::{
+    Fault, FaultKind, FaultSchedule, Guard, GuardConfig, Probe, StepAction, StepReport,
+};
+
+const LR: f64 = 0.01;
+const BATCH: usize = 8;
+
+/// What the test's `optimize` override saw at each step.
+#[derive(Debug)]
+struct Entry {
+    /// Step index (every `optimize` call).
+    step: u64,
+    report: StepReport,
+    /// The `Learner`'s model and optimizer as `optimize` hands them back.
+    after: StateBytes,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    faults: FaultSchedule,
+    /// The state the guard starts from (its first snapshot), taken before the first step.
+    initial: Option<StateBytes>,
+    entries: Vec<Entry>,
+    calls: u64,
+}
+
+/// The model: the common Conv2d + BatchNorm + Linear net, the guard handle, and the test's log.
+#[derive(Module, Debug)]
+struct Guarded {
+    net: Net,
+    #[module(skip)]
+    stab: LearnerGuard<Guarded>,
+    #[module(skip)]
+    log: Arc<Mutex<Log>>,
+}
+
+fn forward(net: &Net, batch: &Batch) -> ClassificationOutput {
+    let output = net.forward(batch.x.clone());
+    let logp = log_softmax(output.clone(), 1);
+    let loss = (logp * batch.targets.clone()).sum_dim(1).mean().neg();
+    ClassificationOutput::new(loss, output, batch.labels.clone())
+}
+
+impl TrainStep for Guarded {
+    type Input = Batch;
+    type Output = ClassificationOutput;
+
+    fn step(&self, batch: Batch) -> TrainOutput<ClassificationOutput> {
+        let item = forward(&self.net, &batch);
+        TrainOutput::new(self, item.loss.backward(), item)
+    }
+
+    fn optimize(
+        self,
+        optim: &mut ModuleOptimizer,
+        lr: ModuleLearningRate,
+        grads: GradientsParams,
+    ) -> Self {
+        let log = Arc::clone(&self.log);
+        let (step, lr) = {
+            let mut log = log.lock().unwrap();
+            if log.initial.is_none() {
+                log.initial = Some(StateBytes::of(&self.net, optim));
+            }
+            let step = log.calls;
+            log.calls += 1;
+            (step, log.faults.lr(step, lr.base()))
+        };
+        // The two lines a user adds (here the learning rate goes through the fault injector).
+        let stab = self.stab.clone();
+        let model = stab.optimize(self, optim, lr.into(), grads);
+
+        let report = stab.last_report().expect("a guarded step reports");
+        let after = StateBytes::of(&model.net, optim);
+        log.lock().unwrap().entries.push(Entry {
+            step,
+            report,
+            after,
+        });
+        model
+    }
+}
+
+impl InferenceStep for Guarded {
+    type Input = Batch;
+    type Output = ClassificationOutput;
+
+    fn step(&self, batch: Batch) -> ClassificationOutput {
+        forward(&self.net, &batch)
+    }
+}
+
+/// Batches of the common synthetic data, one seed per item.
+#[derive(Clone)]
+struct Seeds;
+
+impl Batcher<u64, Batch> for Seeds {
+    fn batch(&self, items: Vec<u64>, device: &Device) -> Batch {
+        batch(items[0], items.len(), device)
+    }
+}
+
+/// A constant learning rate that counts how often the `Learner` steps it.
+#[derive(Clone)]
+struct CountingLr(Arc<AtomicUsize>);
+
+impl LrScheduler for CountingLr {
+    fn step(&mut self) -> f64 {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        LR
+    }
+    fn to_record(&self) -> LrSchedulerRecord {
+        LrSchedulerRecord::new()
+    }
+    fn load_record(&mut self, _record: LrSchedulerRecord) {}
+}
+
+struct Run {
+    model: Guarded,
+    log: Arc<Mutex<Log>>,
+    scheduler_steps: usize,
+    stab: LearnerGuard<Guarded>,
+}
+
+/// Trains `items` training items (batches of 8, two epochs' worth in `epochs`) under the guard,
+/// an ×1000 learning-rate spike on `spike`, metrics written under `dir`.
+fn run(dir: &Path, items: u64, epochs: usize, accumulation: usize, spike: (u64, u64)) -> Run {
+    let device = common::training_device();
+    let plain = device.clone().inner();
+    let log = Arc::new(Mutex::new(Log {
+        faults: FaultSchedule::new(0).with(Fault::new(
+            FaultKind::LearningRateScale { factor: 1000.0 },
+            spike.0,
+            spike.1,
+        )),
+        ..Log::default()
+    }));
+    let stab = LearnerGuard::new();
+    let model = Guarded {
+        net: Net::new(&device),
+        stab: stab.clone(),
+        log: Arc::clone(&log),
+    };
+    let probe_batches = common::probe(&plain).batches().to_vec();
+    let probe = Probe::new(probe_batches, |m: &Guarded, b: &Batch| {
+        common::loss(&m.net, b)
+    })
+    .unwrap();
+    stab.install(
+        Guard::builder(
+            GuardConfig::default()
+                .with_gradient_gate(false)
+                .with_drift_detection(false)
+                .with_epsilon(0.5)
+                .with_verify_restores(true),
+        )
+        .probe(probe),
+    );
+
+    let seeds: Vec<u64> = (0..items * BATCH as u64).collect();
+    let train = DataLoaderBuilder::new(Seeds)
+        .batch_size(BATCH)
+        .set_device(plain.clone())
+        .build(InMemDataset::new(seeds));
+    let valid = DataLoaderBuilder::new(Seeds)
+        .batch_size(BATCH)
+        .set_device(plain)
+        .build(InMemDataset::new((50_000..50_016).collect::<Vec<u64>>()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let learner = Learner::new(model, adamw(), CountingLr(Arc::clone(&calls)));
+    let mut training = SupervisedTraining::new(dir, train, valid)
+        .num_epochs(epochs)
+        .with_application_logger(None);
+    if accumulation > 1 {
+        training = training.grads_accumulation(accumulation);
+    }
+    let training = stab.register_accumulated(training, accumulation);
+    let result = training.launch(learner);
+    assert!(result.error.is_none(), "{:?}", result.error);
+    assert!(stab.take_error().is_none());
+    Run {
+        model: result.model,
+        log,
+        scheduler_steps: calls.load(Ordering::SeqCst),
+        stab,
+    }
+}
+
+/// What a metric logger wrote for `name` in epoch `epoch`: the value of each item, and the
+/// epoch's final value (the last line, marked `,final`).
+fn logged(dir: &Path, epoch: usize, name: &str) -> (Vec<String>, String) {
+    let path = dir
+        .join("train")
+        .join(format!("epoch-{epoch}"))
+        .join(format!("{}.log", name.replace(' ', "_")));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let last = lines.pop().expect("an epoch's final value");
+    let last = last
+        .strip_suffix(",final")
+        .unwrap_or_else(|| panic!("{}: no final value: {last}", path.display()))
+        .to_string();
+    (lines, last)
+}
+
+#[test]
+fn learner_rollbacks_restore_the_last_accepted_state_and_reach_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let items = 36;
+    let spike = (20, 3);
+    let run = run(dir.path(), items, 1, 1, spike);
+    let log = run.log.lock().unwrap();
+
+    // One optimizer step per item, every one guarded; the scheduler advanced for each, the
+    // rejected ones included; no batch was retried (36 items, 36 steps).
+    assert_eq!(log.entries.len() as u64, items);
+    assert_eq!(run.scheduler_steps as u64, items);
+    assert_eq!(run.stab.with_guard(|g| g.counters().steps), Some(items));
+
+    // The spike was caught, and only the spike.
+    let rolled: Vec<u64> = log
+        .entries
+        .iter()
+        .filter(|e| e.report.rolled_back())
+        .map(|e| e.step)
+        .collect();
+    assert_eq!(rolled, (spike.0..spike.0 + spike.1).collect::<Vec<_>>());
+
+    // After each rollback the Learner's model (parameters and running statistics) and its
+    // optimizer are byte for byte the last accepted state.
+    let mut accepted = log.initial.clone().expect("initial state");
+    for entry in &log.entries {
+        match entry.report.action {
+            StepAction::Commit => accepted = entry.after.clone(),
+            StepAction::Restore => assert_same_state(&accepted, &entry.after),
+            other => panic!("step {}: unexpected action {other:?}", entry.step),
+        }
+    }
+
+    // The metrics, item by item, are the guard's numbers of that item's step.
+    let (rollbacks, rollbacks_final) = logged(dir.path(), 1, GuardMetricKind::Rollbacks.name());
+    let (innovation, _) = logged(dir.path(), 1, GuardMetricKind::Innovation.name());
+    let (reference, _) = logged(dir.path(), 1, GuardMetricKind::Reference.name());
+    let (threshold, threshold_final) = logged(dir.path(), 1, GuardMetricKind::Threshold.name());
+    let (recoveries, _) = logged(dir.path(), 1, GuardMetricKind::Recoveries.name());
+    assert_eq!(innovation.len() as u64, items);
+    let mut so_far = 0u64;
+    for (i, entry) in log.entries.iter().enumerate() {
+        so_far += u64::from(entry.report.rolled_back());
+        let record = entry.report.record.as_ref().expect("every step is probed");
+        assert_eq!(rollbacks[i], so_far.to_string(), "rollbacks at item {i}");
+        assert_eq!(
+            innovation[i],
+            record.innovation.to_string(),
+            "ν at item {i}"
+        );
+        assert_eq!(reference[i], record.reference.to_string(), "ŷ at item {i}");
+        assert_eq!(threshold[i], "0.5", "ε at item {i}");
+        assert_eq!(recoveries[i], "0", "recoveries at item {i}");
+    }
+    assert_eq!(so_far, spike.1);
+    // The epoch's value: the count at its end for a count, the mean for a per-step number.
+    assert_eq!(rollbacks_final, spike.1.to_string());
+    assert_eq!(threshold_final, "0.5");
+
+    // The model the Learner ends with is the last step's state.
+    let last = &log.entries.last().unwrap().after;
+    assert_eq!(module_bytes(&run.model.net), module_bytes_of(last));
+}
+
+/// Parameters and running statistics by id and path, whatever their `require_grad` flag (the
+/// `Learner` hands its final model back in validation mode).
+fn module_bytes_of(state: &StateBytes) -> Vec<(String, String, Vec<u8>)> {
+    state
+        .tensors
+        .iter()
+        .map(|(id, path, _, bytes)| (id.clone(), path.clone(), bytes.clone()))
+        .collect()
+}
+
+fn module_bytes(net: &Net) -> Vec<(String, String, Vec<u8>)> {
+    module_bytes_of(&StateBytes::of(net, &adamw()))
+}
+
+#[test]
+fn a_rejected_last_step_is_not_what_the_learner_keeps() {
+    // The spike covers the epoch's last two items: the Learner ends (and would checkpoint) on
+    // the restored state, never on the rejected proposal.
+    let dir = tempfile::tempdir().unwrap();
+    let items = 16;
+    let run = run(dir.path(), items, 1, 1, (items - 2, 2));
+    let log = run.log.lock().unwrap();
+    let last = log.entries.last().unwrap();
+    assert_eq!(last.report.action, StepAction::Restore);
+    let committed = log
+        .entries
+        .iter()
+        .rev()
+        .find(|e| e.report.action == StepAction::Commit)
+        .unwrap();
+    assert_same_state(&committed.after, &last.after);
+    assert_eq!(
+        module_bytes(&run.model.net),
+        module_bytes_of(&committed.after)
+    );
+}
+
+#[test]
+fn with_gradient_accumulation_one_guarded_step_per_window_and_metrics_follow() {
+    // Two epochs of 10 items, windows of 3: steps after items 3, 6, 9 and 10 (the epoch's last
+    // item closes a partial window), 4 per epoch.
+    let dir = tempfile::tempdir().unwrap();
+    let run = run(dir.path(), 10, 2, 3, (5, 1));
+    let log = run.log.lock().unwrap();
+    assert_eq!(log.entries.len(), 8);
+    assert_eq!(run.scheduler_steps, 8);
+    let rolled: Vec<u64> = log
+        .entries
+        .iter()
+        .filter(|e| e.report.rolled_back())
+        .map(|e| e.step)
+        .collect();
+    assert_eq!(rolled, vec![5]);
+
+    // Item i of an epoch shows the last step completed by then; before the epoch's first step,
+    // the previous epoch's last one.
+    let steps_by_item = |epoch: usize| -> Vec<Option<usize>> {
+        let base = 4 * (epoch - 1);
+        (1..=10usize)
+            .map(|i| {
+                let done = i / 3 + usize::from(i == 10);
+                (base + done).checked_sub(1)
+            })
+            .collect()
+    };
+    for epoch in 1..=2 {
+        let (innovation, _) = logged(dir.path(), epoch, GuardMetricKind::Innovation.name());
+        let expected: Vec<String> = steps_by_item(epoch)
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                log.entries[s]
+                    .report
+                    .innovation()
+                    .expect("probed")
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(innovation, expected, "epoch {epoch}");
+    }
+}
