@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::sync::Mutex;
+
 use common::{Net, StateBytes, adamw, assert_same_state, batch, grads, probe};
 use stab_burn::{
     Fault, FaultKind, FaultSchedule, Guard, GuardConfig, GuardError, OverlappedGuard, StoreKind,
@@ -46,9 +48,15 @@ fn faulted_grads(
     faults.grads(step, g, model)
 }
 
+/// The device's random generator is global, and the tests of this file run on parallel threads:
+/// every draw from it happens under this lock, so a seeded initialization is never interleaved
+/// with another test's draws.
+static RNG: Mutex<()> = Mutex::new(());
+
 /// The same initial values for both runs (fresh parameter ids: states are compared by path),
 /// with running statistics of their own (a clone would share them with the other run).
 fn initial_model(device: &burn::tensor::Device) -> Net {
+    let _draws = RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     device.seed(3);
     Net::new(device)
 }
@@ -162,7 +170,7 @@ fn overlapped_probe_follows_the_sequential_trajectory_every_third_step() {
 #[test]
 fn only_the_probe_signal_can_be_overlapped() {
     let device = common::training_device();
-    let model = Net::new(&device);
+    let model = initial_model(&device);
     let guard: Guard<Net> = Guard::builder(
         GuardConfig::default()
             .with_signal(SignalKind::LossSpike)
