@@ -123,7 +123,7 @@ pub enum SafetyViolation {
 /// of those sums: a few units in the last place of the magnitudes involved, accumulated over steps.
 /// A real violation (a rule accepting ν > ε, a reference moved by a rejected value) is orders of
 /// magnitude larger.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SafetyMonitor {
     initial: f64,
     running_max: f64,
