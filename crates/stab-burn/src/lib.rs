@@ -139,6 +139,7 @@
 #![warn(missing_docs)]
 
 mod builder;
+pub mod checkpoint;
 mod config;
 pub mod device;
 mod error;
@@ -153,6 +154,9 @@ pub mod store;
 mod tensors;
 
 pub use builder::GuardBuilder;
+pub use checkpoint::{
+    Checkpoint, CheckpointError, CheckpointInfo, CheckpointPolicy, Checkpointer, Resumed,
+};
 pub use config::{GuardConfig, GuardMode};
 pub use device::{SelectedDevice, device_name, training_device};
 pub use error::{DeviceError, FaultError, GuardError, ProbeError, SignalError, StoreError};
@@ -163,4 +167,4 @@ pub use probe::{Measure, Probe};
 pub use report::{GuardedStep, StepAction, StepReport, StepTimings};
 pub use running_state::{RunningStateSnapshot, sync_running_states};
 pub use signals::{gradient_cosine, gradient_norm, reference_gradients};
-pub use store::{DeviceStore, HostStore, StateStore, StoreKind, StoreMemory};
+pub use store::{DeviceStore, HostStore, SlotExport, StateStore, StoreKind, StoreMemory};
