@@ -597,11 +597,15 @@ pub fn latest(dir: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
     Ok(None)
 }
 
-/// Every checkpoint in `dir` that failed verification, with why (for reports and tests).
+/// One checkpoint's step and whether it verifies (and if not, why), from [`verify_all`].
+pub type Verification = (u64, Result<(), CheckpointError>);
+
+/// Every checkpoint in `dir`, newest first, with whether it verifies and why not (for reports and
+/// tests).
 ///
 /// # Errors
 /// [`CheckpointError::Io`] if `dir` cannot be listed.
-pub fn verify_all(dir: &Path) -> Result<Vec<(u64, Result<(), CheckpointError>)>, CheckpointError> {
+pub fn verify_all(dir: &Path) -> Result<Vec<Verification>, CheckpointError> {
     Ok(files::list(dir)?
         .into_iter()
         .map(|(step, path)| (step, open(&path, step).map(|_| ())))
