@@ -72,6 +72,9 @@
 //! - [`FaultSchedule`]: seeded, composable, serde-configurable fault injection (gradient scale,
 //!   NaN/∞ gradients, learning-rate spikes, input noise, label flips).
 //! - [`training_device`]: the device `BURN_DEVICE` selects, with its name.
+//! - [`checkpoint`]: crash-safe checkpoints of a guarded run (model, optimizer, every ring
+//!   snapshot, the step protocol's state and the loop's own position) and exact resume
+//!   ([`Checkpointer`], [`GuardBuilder::resume`]); `examples/checkpointed_training.rs`.
 //!
 //! ## Recovery
 //!

@@ -322,9 +322,13 @@ fn record_bytes(bytes: Bytes) -> Vec<u8> {
     bytes.to_vec()
 }
 
-/// The burnpack record of a ring slot's module: the live module's record (same paths and ids)
-/// with every tensor's data taken from the slot's export.
-fn slot_model_record(live_record: &Bytes, export: &SlotExport) -> Result<Vec<u8>, CheckpointError> {
+/// The burnpack record of a module: the live module's record (same paths and ids), with every
+/// tensor's data taken from a ring slot's export if one is given. Every module file is written by
+/// this one writer, so equal states have equal bytes.
+fn model_record(
+    live_record: &Bytes,
+    export: Option<&SlotExport>,
+) -> Result<Vec<u8>, CheckpointError> {
     let error = |message: String| CheckpointError::Serialize {
         what: "snapshot's module record",
         message,
@@ -334,8 +338,14 @@ fn slot_model_record(live_record: &Bytes, export: &SlotExport) -> Result<Vec<u8>
         .map_err(|e| error(e.to_string()))?;
     let mut out = Vec::with_capacity(tensors.len());
     for tensor in tensors {
-        let (name, dtype, shape, param_id, _) =
+        let (name, dtype, shape, param_id, live_bytes) =
             tensor.into_parts().map_err(|e| error(e.to_string()))?;
+        let Some(export) = export else {
+            out.push(burn_pack::Tensor::new(
+                name, dtype, shape, param_id, live_bytes,
+            ));
+            continue;
+        };
         let id = param_id.ok_or_else(|| error(format!("`{name}` has no parameter id")))?;
         let (_, data) = export
             .tensors
@@ -352,7 +362,9 @@ fn slot_model_record(live_record: &Bytes, export: &SlotExport) -> Result<Vec<u8>
         let (bytes, _, _) = data.clone().into_parts();
         out.push(burn_pack::Tensor::new(name, dtype, shape, Some(id), bytes));
     }
-    if out.len() != export.tensors.len() {
+    if let Some(export) = export
+        && out.len() != export.tensors.len()
+    {
         return Err(error(format!(
             "the snapshot holds {} tensors, the live module {}",
             export.tensors.len(),
@@ -363,6 +375,34 @@ fn slot_model_record(live_record: &Bytes, export: &SlotExport) -> Result<Vec<u8>
         .into_bytes()
         .map(record_bytes)
         .map_err(|e| error(e.to_string()))
+}
+
+/// The contents of an optimizer record, independent of the order burn wrote them in (its state
+/// lives in a hash map, so two records of one state may list their tensors differently).
+fn optimizer_contents(bytes: &[u8]) -> Option<impl PartialEq + use<>> {
+    let reader = burn_pack::Reader::from_bytes(Bytes::from_bytes_vec(bytes.to_vec())).ok()?;
+    let metadata = reader.metadata().clone();
+    let scalars: Vec<(String, String)> = reader
+        .scalars()
+        .iter()
+        .map(|(k, v)| (k.clone(), format!("{v:?}")))
+        .collect();
+    let mut tensors = Vec::new();
+    for tensor in reader.into_tensors().ok()? {
+        let (name, dtype, shape, id, data) = tensor.into_parts().ok()?;
+        tensors.push((name, format!("{dtype:?} {shape:?} {id:?}"), data.to_vec()));
+    }
+    tensors.sort();
+    Some((metadata, scalars, tensors))
+}
+
+/// Whether two saved (model, optimizer) states are the same state.
+fn same_state(a: &(Vec<u8>, Vec<u8>), b: &(Vec<u8>, Vec<u8>)) -> bool {
+    a.0 == b.0
+        && (a.1 == b.1 || {
+            let (x, y) = (optimizer_contents(&a.1), optimizer_contents(&b.1));
+            x.is_some() && x == y
+        })
 }
 
 impl<M: Module + 'static> Guard<M> {
@@ -419,7 +459,7 @@ impl<M: Module + 'static> Guard<M> {
                 message: e.to_string(),
             })?;
         let mut states: Vec<(Vec<u8>, Vec<u8>)> =
-            vec![(live_record.to_vec(), record_bytes(live_optim))];
+            vec![(model_record(&live_record, None)?, record_bytes(live_optim))];
         let mut slots = Vec::new();
         for (index, position) in protocol.slot_positions().into_iter().enumerate() {
             if position.is_none() {
@@ -435,10 +475,10 @@ impl<M: Module + 'static> Guard<M> {
                     source,
                 })?;
             let state = (
-                slot_model_record(&live_record, &export)?,
+                model_record(&live_record, Some(&export))?,
                 export.optim.to_vec(),
             );
-            let index = match states.iter().position(|s| *s == state) {
+            let index = match states.iter().position(|s| same_state(s, &state)) {
                 Some(existing) => existing,
                 None => {
                     states.push(state);
