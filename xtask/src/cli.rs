@@ -130,4 +130,9 @@ pub struct ReproduceArgs {
     /// Do not draw progress bars (logs stay).
     #[arg(long)]
     pub quiet: bool,
+    /// Continue an interrupted reproduction in `--out` (same flags as the interrupted one):
+    /// finished runs (`runs/*.jsonl`) are kept, the run that was in flight resumes from its last
+    /// checkpoint (`checkpoints/`), the others run.
+    #[arg(long)]
+    pub resume: bool,
 }

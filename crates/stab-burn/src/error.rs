@@ -103,6 +103,13 @@ pub enum StoreError {
         #[source]
         source: Box<StoreError>,
     },
+    /// The store cannot hand out host copies of its snapshots, so a checkpoint cannot be written
+    /// (a custom store that does not implement `StateStore::export`).
+    #[error("the {store} store cannot export its snapshots for a checkpoint")]
+    ExportUnsupported {
+        /// Which store.
+        store: &'static str,
+    },
 }
 
 /// The probe could not measure a model.

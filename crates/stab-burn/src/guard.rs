@@ -356,6 +356,17 @@ impl<M: Module + 'static> Guard<M> {
         self.optim = self.optim.clone().load_record(OptimizerRecord::default());
     }
 
+    /// The store and the optimizer, for a resume that puts saved states in place
+    /// ([`crate::checkpoint`]).
+    pub(crate) fn resume_parts(&mut self) -> (&mut dyn StateStore<M>, &mut ModuleOptimizer) {
+        (self.store.as_mut(), &mut self.optim)
+    }
+
+    /// Replaces the step protocol with a resumed one ([`crate::checkpoint`]).
+    pub(crate) fn replace_protocol(&mut self, protocol: StepProtocol) {
+        self.protocol = protocol;
+    }
+
     /// The optimizer (its state is the accepted one after every decided step).
     pub fn optimizer(&self) -> &ModuleOptimizer {
         &self.optim

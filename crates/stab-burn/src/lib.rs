@@ -72,6 +72,9 @@
 //! - [`FaultSchedule`]: seeded, composable, serde-configurable fault injection (gradient scale,
 //!   NaN/∞ gradients, learning-rate spikes, input noise, label flips).
 //! - [`training_device`]: the device `BURN_DEVICE` selects, with its name.
+//! - [`checkpoint`]: crash-safe checkpoints of a guarded run (model, optimizer, every ring
+//!   snapshot, the step protocol's state and the loop's own position) and exact resume
+//!   ([`Checkpointer`], [`GuardBuilder::resume`]); `examples/checkpointed_training.rs`.
 //!
 //! ## Recovery
 //!
@@ -142,6 +145,7 @@
 #![warn(missing_docs)]
 
 mod builder;
+pub mod checkpoint;
 mod config;
 pub mod device;
 mod error;
@@ -159,6 +163,9 @@ pub mod store;
 mod tensors;
 
 pub use builder::GuardBuilder;
+pub use checkpoint::{
+    Checkpoint, CheckpointError, CheckpointInfo, CheckpointPolicy, Checkpointer, Resumed,
+};
 pub use config::{GuardConfig, GuardMode};
 pub use device::{SelectedDevice, device_name, training_device};
 pub use error::{DeviceError, FaultError, GuardError, ProbeError, SignalError, StoreError};
@@ -170,4 +177,4 @@ pub use probe::{Measure, Probe};
 pub use report::{GuardedStep, StepAction, StepReport, StepTimings};
 pub use running_state::{RunningStateSnapshot, sync_running_states};
 pub use signals::{gradient_cosine, gradient_norm, reference_gradients};
-pub use store::{DeviceStore, HostStore, StateStore, StoreKind, StoreMemory};
+pub use store::{DeviceStore, HostStore, SlotExport, StateStore, StoreKind, StoreMemory};

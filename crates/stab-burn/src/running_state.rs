@@ -58,6 +58,11 @@ impl RunningStateSnapshot {
         tensors::restore_into(model, &self.captured)
     }
 
+    /// The captured handles, by parameter id (for a store's export).
+    pub(crate) fn captured(&self) -> &Captured<BridgeTensor> {
+        &self.captured
+    }
+
     /// Number of tensors held.
     pub fn len(&self) -> usize {
         self.captured.len()

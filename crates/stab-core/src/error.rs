@@ -117,6 +117,9 @@ pub enum StabError {
     /// An observer could not record a step.
     #[error("step observer failed: {0}")]
     Observer(#[from] ObserverError),
+    /// The protocol's state could not be saved or resumed (a checkpoint).
+    #[error("protocol state: {0}")]
+    State(#[from] crate::protocol::ProtocolStateError),
 }
 
 /// An observer (e.g. the JSON-lines writer) failed to record a step.

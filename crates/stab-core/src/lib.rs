@@ -80,12 +80,13 @@ pub use error::{ConfigError, ObserverError, StabError};
 pub use fingerprint::Fingerprint;
 pub use monitor::{SafetyMonitor, SafetyViolation};
 pub use protocol::{
-    Completed, Completion, Directive, Mode, RecoveryExhausted, RingUpdate, StepPlan, StepProtocol,
+    Completed, Completion, Directive, Mode, PROTOCOL_STATE_VERSION, ProtocolState,
+    ProtocolStateError, RecoveryExhausted, RingUpdate, StepPlan, StepProtocol,
 };
 pub use record::{Action, JsonLinesWriter, RecordCollector, StepObserver, StepRecord};
 pub use signal::{
     EwmaReference, GradientAgreementSignal, InnovationKind, InnovationSignal, ProbeSignal,
-    SpikeSignal,
+    SignalState, SpikeSignal,
 };
 pub use snapshot::{InMemoryStore, InMemoryStoreError, SlotId, SlotTable, SnapshotStore};
 pub use supervisor::{GuardedStep, StepOutcome, Supervisor};

@@ -117,7 +117,7 @@ pub enum SafetyViolation {
 /// since each accepted step raises the running maximum by at most ε and a rejection leaves it. A
 /// separate check could only ever fire on rounding (it was removed as dead code after mutation
 /// testing showed no input reaches it); `tests/invariants.rs` asserts the bound on every run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SafetyMonitor {
     running_max: f64,
     running_min: f64,

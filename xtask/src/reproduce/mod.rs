@@ -24,6 +24,17 @@ fn create_dir(path: &Path) -> Result<(), XtaskError> {
     })
 }
 
+fn remove_dir(path: &Path) -> Result<(), XtaskError> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(XtaskError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 fn write_file(path: &Path, contents: &str) -> Result<(), XtaskError> {
     std::fs::write(path, contents).map_err(|source| XtaskError::Io {
         path: path.to_path_buf(),
@@ -81,10 +92,23 @@ pub fn run(plan: &Plan) -> Result<(), XtaskError> {
         println!("{}: data {}", model.label(), workload.data_source());
         for seed in plan.first_seed..plan.first_seed + plan.seeds {
             for &arm in &plan.arms {
+                let name = format!("{}_{}_seed{seed}", model.name(), arm.name());
+                let records = runs_dir.join(format!("{name}.jsonl"));
+                let checkpoints = plan.out.join("checkpoints").join(&name);
+                if plan.resume && records.exists() {
+                    // Finished before the interruption: kept as it is.
+                    let log = RunLog::read_jsonl(&records)?;
+                    println!("{:<12} {:<14} seed {seed}: kept", model.name(), arm.name());
+                    runs.push(log);
+                    continue;
+                }
+                if !plan.resume {
+                    remove_dir(&checkpoints)?;
+                }
                 let bar = multi.add(ProgressBar::new(plan.steps));
                 bar.set_style(style.clone());
                 bar.set_prefix(format!("{} {} seed {seed}", model.name(), arm.name()));
-                let log = workload.run(plan, arm, seed, &bar)?;
+                let log = workload.run(plan, arm, seed, &checkpoints, &bar)?;
                 let rejected = log.steps.iter().filter(|s| s.rejected).count();
                 bar.finish_with_message(format!("{rejected} rollbacks"));
                 multi.remove(&bar);
@@ -96,11 +120,15 @@ pub fn run(plan: &Plan) -> Result<(), XtaskError> {
                         arm.name()
                         )
                 });
-                log.write_jsonl(&runs_dir.join(format!(
-                    "{}_{}_seed{seed}.jsonl",
-                    model.name(),
-                    arm.name()
-                )))?;
+                // Written under a temporary name and renamed: a run's records exist only once
+                // complete, so `--resume` never keeps half a run.
+                let partial = runs_dir.join(format!("{name}.jsonl.tmp"));
+                log.write_jsonl(&partial)?;
+                std::fs::rename(&partial, &records).map_err(|source| XtaskError::Io {
+                    path: records.clone(),
+                    source,
+                })?;
+                remove_dir(&checkpoints)?;
                 runs.push(log);
             }
         }

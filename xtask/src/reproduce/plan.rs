@@ -85,6 +85,9 @@ pub struct Plan {
     pub progress: bool,
     /// Output folders whose run records to report on instead of training.
     pub from_records: Vec<PathBuf>,
+    /// Keep finished runs and resume the one in flight from its checkpoint (`--resume`).
+    #[serde(skip)]
+    pub resume: bool,
 }
 
 impl Plan {
@@ -177,6 +180,7 @@ impl Plan {
         }
         plan.progress = !a.quiet;
         plan.from_records = a.from_records.clone();
+        plan.resume = a.resume;
         plan.validate()?;
         Ok(plan)
     }
@@ -218,6 +222,7 @@ impl Plan {
             data_dir: None,
             progress: true,
             from_records: Vec::new(),
+            resume: false,
         };
         match name {
             PresetName::Cpu => cpu,

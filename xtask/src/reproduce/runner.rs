@@ -4,14 +4,17 @@
 //! and the minibatch order ([`BatchPlan`] maps (seed, step) to indices, with no hidden cursor), so
 //! they differ only in what the controller does. A rejected step consumes its minibatch.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use burn::module::{ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use indicatif::ProgressBar;
+use stab_burn::checkpoint;
 use stab_burn::{
-    Fault, FaultKind, FaultSchedule, Guard, GuardConfig, GuardMode, Probe, StepInputs,
+    CheckpointPolicy, Checkpointer, Fault, FaultKind, FaultSchedule, Guard, GuardConfig, GuardMode,
+    Probe, StepInputs,
 };
 use stab_core::{ControllerConfig, SignalKind};
 use stab_models::data::{BatchPlan, CharCorpus, CharDataset, VisionDataset};
@@ -104,8 +107,16 @@ impl Workload {
         plan: &Plan,
         arm: Arm,
         seed: u64,
+        checkpoints: &Path,
         bar: &ProgressBar,
     ) -> Result<RunLog, XtaskError> {
+        let run = RunSetup {
+            plan,
+            arm,
+            seed,
+            checkpoints,
+            bar,
+        };
         let train_device = self.device.clone().autodiff();
         self.device.seed(seed);
         let (model_kind, batch_size, steps) = match &self.task {
@@ -127,10 +138,7 @@ impl Workload {
                     },
                     probe,
                     plan.resnet.lr,
-                    plan,
-                    arm,
-                    seed,
-                    bar,
+                    &run,
                 )?;
                 (ModelKind::Resnet18, plan.resnet.batch, steps)
             }
@@ -154,10 +162,7 @@ impl Workload {
                     },
                     probe,
                     t.lr,
-                    plan,
-                    arm,
-                    seed,
-                    bar,
+                    &run,
                 )?;
                 (ModelKind::Transformer, t.batch, steps)
             }
@@ -202,21 +207,43 @@ fn guard_config(plan: &Plan, arm: Arm) -> GuardConfig {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What identifies one run and where it checkpoints.
+struct RunSetup<'a> {
+    plan: &'a Plan,
+    arm: Arm,
+    seed: u64,
+    checkpoints: &'a Path,
+    bar: &'a ProgressBar,
+}
+
+/// Checkpoints of a run in flight, for `--resume`: every 25 accepted steps and after each
+/// recovery action of the ladder; the newest is kept.
+fn checkpoint_policy() -> CheckpointPolicy {
+    CheckpointPolicy {
+        every_accepted: 25,
+        keep: 1,
+        on_recovery: true,
+    }
+}
+
 fn train<M>(
-    mut model: M,
+    model: M,
     next_batch: impl Fn(u64) -> Result<M::Batch, XtaskError>,
     probe: M::Batch,
     lr: f64,
-    plan: &Plan,
-    arm: Arm,
-    seed: u64,
-    bar: &ProgressBar,
+    run: &RunSetup<'_>,
 ) -> Result<Vec<StepLog>, XtaskError>
 where
     M: LossModel + 'static,
     M::Batch: Send + Sync + 'static,
 {
+    let RunSetup {
+        plan,
+        arm,
+        seed,
+        checkpoints,
+        bar,
+    } = *run;
     let kind = match plan.fault_kind {
         FaultChoice::GradientScale => FaultKind::GradientScale { factor: plan.zeta },
         FaultChoice::LrScale => FaultKind::LearningRateScale { factor: plan.zeta },
@@ -230,13 +257,37 @@ where
     let probe_for_figures = probe.clone();
     let measure =
         Probe::new(vec![probe], |m: &M, b: &M::Batch| m.loss(b)).map_err(controller_err)?;
-    let mut guard = Guard::builder(guard_config(plan, arm))
-        .probe(measure)
-        .build(&model, paper_adamw().init())
-        .map_err(controller_err)?;
+    let builder = Guard::builder(guard_config(plan, arm)).probe(measure);
+    let resumed = if plan.resume {
+        checkpoint::latest(checkpoints).map_err(controller_err)?
+    } else {
+        None
+    };
+    // The state carried from step to step: the guard, the model and the records so far (the
+    // checkpoint's extra value: the step index is their length).
+    let (mut guard, mut model, mut logs) = match resumed {
+        Some(checkpoint) => {
+            for skipped in checkpoint.skipped() {
+                eprintln!("skipped a damaged checkpoint: {skipped}");
+            }
+            let resumed = builder
+                .resume::<Vec<StepLog>>(&checkpoint, model, paper_adamw().init())
+                .map_err(controller_err)?;
+            bar.set_position(resumed.step);
+            (resumed.guard, resumed.model, resumed.extra)
+        }
+        None => {
+            let guard = builder
+                .build(&model, paper_adamw().init())
+                .map_err(controller_err)?;
+            (guard, model, Vec::with_capacity(plan.steps as usize))
+        }
+    };
+    let checkpointer =
+        Checkpointer::new(checkpoints, checkpoint_policy()).map_err(controller_err)?;
+    let start = logs.len() as u64;
 
-    let mut logs = Vec::with_capacity(plan.steps as usize);
-    for step in 0..plan.steps {
+    for step in start..plan.steps {
         let batch = next_batch(step)?;
         let started = Instant::now();
         let loss = model.loss(&batch);
@@ -279,6 +330,9 @@ where
             step_seconds: (forward_backward + timings.optimizer).as_secs_f64(),
             control_seconds: control_time(arm, &timings).as_secs_f64(),
         });
+        checkpointer
+            .after_step(&guard, &model, &report, &logs)
+            .map_err(controller_err)?;
         bar.inc(1);
     }
     Ok(logs)

@@ -7,8 +7,9 @@ use burn::optim::ModuleOptimizer;
 
 use stab_core::{SlotId, SlotTable};
 
-use super::{StateStore, StoreMemory, optimizer_state_bytes};
+use super::{SlotExport, StateStore, StoreMemory, optimizer_state_bytes};
 use crate::error::StoreError;
+use crate::fingerprint::read_tensor;
 use crate::running_state::RunningStateSnapshot;
 use crate::tensors::{self, Selection};
 
@@ -133,6 +134,28 @@ impl<M: Module> StateStore<M> for DeviceStore<M> {
         drop(rejected_optim);
         let model = snapshot.running.restore(snapshot.model.clone())?;
         Ok((model, snapshot.optim.clone()))
+    }
+
+    fn export(&self, slot: SlotId) -> Result<SlotExport, StoreError> {
+        let snapshot = self.get(slot)?;
+        // The module clone shares its running statistics with the live module: take every tensor
+        // from it, then the running statistics from the values captured at the save.
+        let mut captured = tensors::capture_handles(&snapshot.model, Selection::All);
+        for (id, (_, handle)) in &snapshot.running.captured().entries {
+            if let Some(entry) = captured.entries.get_mut(id) {
+                entry.1 = handle.clone();
+            }
+        }
+        let tensors = captured.try_map(|id, meta, tensor| read_tensor(NAME, id, meta, tensor))?;
+        let optim = snapshot
+            .optim
+            .into_bytes()
+            .map_err(|e| StoreError::OptimizerRecord {
+                store: NAME,
+                operation: "serialize",
+                message: e.to_string(),
+            })?;
+        Ok(SlotExport { tensors, optim })
     }
 
     fn memory(&self) -> StoreMemory {

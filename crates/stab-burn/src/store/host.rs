@@ -11,7 +11,7 @@ use burn::tensor::{Bytes, TensorData};
 
 use stab_core::{SlotId, SlotTable};
 
-use super::{StateStore, StoreMemory};
+use super::{SlotExport, StateStore, StoreMemory};
 use crate::error::StoreError;
 use crate::fingerprint::read_tensor;
 use crate::tensors::{self, Captured, Selection};
@@ -274,6 +274,14 @@ impl<M: Module> StateStore<M> for HostStore<M> {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.wait()
+    }
+
+    fn export(&self, slot: SlotId) -> Result<SlotExport, StoreError> {
+        let snapshot = self.kept(slot)?;
+        Ok(SlotExport {
+            tensors: snapshot.tensors.clone(),
+            optim: snapshot.optim_bytes.clone(),
+        })
     }
 
     fn memory(&self) -> StoreMemory {

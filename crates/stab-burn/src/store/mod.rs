@@ -22,7 +22,10 @@ use stab_core::SlotId;
 pub use device::DeviceStore;
 pub use host::HostStore;
 
+use burn::tensor::{Bytes, TensorData};
+
 use crate::error::StoreError;
+use crate::tensors::Captured;
 
 /// Keeps the last accepted training state and brings it back exactly.
 ///
@@ -91,6 +94,35 @@ pub trait StateStore<M: Module>: Send {
     /// What the snapshot costs in memory right now. May read the optimizer state to measure it
     /// (a device-to-host copy): meant for reports, not for every step.
     fn memory(&self) -> StoreMemory;
+
+    /// A host copy of the state `slot` holds (parameters, running statistics and optimizer
+    /// record), leaving the store unchanged: what a checkpoint ([`crate::checkpoint`]) writes for
+    /// each ring slot. Waits for a background copy still in flight.
+    ///
+    /// # Errors
+    /// [`StoreError::EmptySlot`] (or [`StoreError::Empty`]), a failed device read, or
+    /// [`StoreError::ExportUnsupported`] from a store that does not implement it (the default).
+    fn export(&self, slot: SlotId) -> Result<SlotExport, StoreError> {
+        let _ = slot;
+        Err(StoreError::ExportUnsupported { store: self.name() })
+    }
+}
+
+/// A host copy of one snapshot, from [`StateStore::export`]: every tensor of the module keyed by
+/// parameter id (running statistics with the values saved with the snapshot) and the optimizer's
+/// record. Opaque: [`crate::checkpoint`] turns it into burn's record formats.
+pub struct SlotExport {
+    pub(crate) tensors: Captured<TensorData>,
+    pub(crate) optim: Bytes,
+}
+
+impl std::fmt::Debug for SlotExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotExport")
+            .field("tensors", &self.tensors.len())
+            .field("optimizer_bytes", &self.optim.len())
+            .finish()
+    }
 }
 
 /// Which built-in store a [`crate::GuardConfig`] asks for.

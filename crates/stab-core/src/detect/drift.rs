@@ -21,7 +21,7 @@ pub struct DriftAlarm {
 /// [`DriftDetector::check`] looks at a proposal that passed `ν ≤ ε` without changing anything;
 /// [`DriftDetector::accept`] folds it in once it is committed. A proposal rejected for any reason
 /// never enters the statistics.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DriftDetector {
     config: DriftConfig,
     window: Window,

@@ -18,7 +18,7 @@ pub enum GateVerdict {
 }
 
 /// The pre-step gradient-norm gate (see [`GateConfig`]).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GradientGate {
     config: GateConfig,
     window: Window,

@@ -1,6 +1,6 @@
 /// A bounded window of the most recent accepted values, with the robust and classical summaries
 /// the detectors need.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Window {
     values: std::collections::VecDeque<f64>,
     capacity: usize,

@@ -6,7 +6,7 @@ use crate::config::{LadderConfig, Rung};
 /// The ladder's state: the rung reached, the recent decisions since the last rung (`true`: a
 /// rejection), accepted steps in a row, and where the last rewind went (a later rewind goes
 /// further back until the ladder has cooled down).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Ladder {
     config: LadderConfig,
     level: u32,

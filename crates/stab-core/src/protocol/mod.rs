@@ -23,6 +23,7 @@
 
 mod ladder;
 mod ring;
+mod state;
 
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +39,7 @@ use crate::snapshot::SlotId;
 use ladder::Ladder;
 pub use ring::RingUpdate;
 use ring::{ControllerState, Ring, SlotMeta};
+pub use state::{PROTOCOL_STATE_VERSION, ProtocolState, ProtocolStateError};
 
 /// Whether the protocol acts on its decisions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

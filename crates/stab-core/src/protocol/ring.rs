@@ -170,6 +170,31 @@ impl Ring {
         released
     }
 
+    /// Every slot's bookkeeping, slot 0 first (for [`super::ProtocolState`]).
+    pub fn slots(&self) -> &[Option<SlotMeta>] {
+        &self.slots
+    }
+
+    /// A ring holding `slots` (from a saved [`super::ProtocolState`], checked by the caller
+    /// against the configuration's slot count).
+    pub fn from_slots(config: &RingConfig, slots: Vec<Option<SlotMeta>>) -> Self {
+        Self {
+            ages: config.ages.clone(),
+            slots,
+        }
+    }
+
+    /// Sets the fingerprint of one slot's state (after a resume rebuilt the states).
+    pub fn set_slot_fingerprint(&mut self, slot: SlotId, fingerprint: Option<u64>) {
+        if let Some(meta) = self
+            .slots
+            .get_mut(usize::from(slot.0))
+            .and_then(Option::as_mut)
+        {
+            meta.fingerprint = fingerprint;
+        }
+    }
+
     /// Positions held, by slot (for tests and reports).
     pub fn positions(&self) -> Vec<Option<u64>> {
         self.slots

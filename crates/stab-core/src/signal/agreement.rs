@@ -1,4 +1,4 @@
-use super::{EwmaReference, InnovationKind, InnovationSignal};
+use super::{EwmaReference, InnovationKind, InnovationSignal, SignalState};
 
 /// Gradient agreement: the measurement is the cosine similarity between the proposal's gradient
 /// and a reference minibatch's gradient (computed by the adapter); ν = ŷ − y is how far agreement
@@ -40,6 +40,11 @@ impl InnovationSignal for GradientAgreementSignal {
 
     fn accept(&mut self, measurement: f64) {
         self.reference.update(measurement);
+    }
+
+    fn save_state(&self) -> Option<SignalState> {
+        let (reference, alpha) = SignalState::ewma(&self.reference);
+        Some(SignalState::GradientAgreement { reference, alpha })
     }
 }
 

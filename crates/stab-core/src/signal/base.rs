@@ -1,5 +1,9 @@
 use std::fmt::Debug;
 
+use serde::{Deserialize, Serialize};
+
+use super::{EwmaReference, GradientAgreementSignal, ProbeSignal, SpikeSignal};
+
 /// What an innovation means, which decides which safety guarantees apply to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -43,7 +47,69 @@ pub trait InnovationSignal: Debug + Send {
     /// controller's state back together with the model's (`Box::new(self.clone())`).
     fn clone_box(&self) -> Box<dyn InnovationSignal>;
 
+    /// The signal's history as plain data, for persisting a run ([`crate::ProtocolState`]).
+    /// `None` (the default) for a signal that cannot be saved: a protocol driven by it cannot be
+    /// checkpointed. Every built-in signal saves itself.
+    fn save_state(&self) -> Option<SignalState> {
+        None
+    }
+
     /// The proposal measured `measurement` was rejected. The default does nothing, which is what
     /// every signal here wants: the history holds accepted measurements only.
     fn reject(&mut self, _measurement: f64) {}
+}
+
+/// The history of a built-in signal as plain data (see [`InnovationSignal::save_state`]): what a
+/// checkpoint keeps so that a resumed run computes the same innovations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "signal", rename_all = "kebab-case")]
+pub enum SignalState {
+    /// [`ProbeSignal`]: its EWMA reference ŷ and smoothing factor α.
+    Probe {
+        /// ŷ.
+        reference: f64,
+        /// α.
+        alpha: f64,
+    },
+    /// [`GradientAgreementSignal`]: its EWMA of accepted agreements and α.
+    GradientAgreement {
+        /// The EWMA of accepted agreements.
+        reference: f64,
+        /// α.
+        alpha: f64,
+    },
+    /// [`SpikeSignal`]: its name, window length and accepted measurements (oldest first).
+    Spike {
+        /// `"loss-spike"` or `"gradient-norm-spike"`.
+        name: String,
+        /// Window length.
+        window: usize,
+        /// Accepted measurements in the window, oldest first.
+        history: Vec<f64>,
+    },
+}
+
+impl SignalState {
+    /// Rebuilds the signal this state was saved from.
+    ///
+    /// # Errors
+    /// The name of a spike signal stab does not know (a corrupted or foreign state).
+    pub fn into_signal(self) -> Result<Box<dyn InnovationSignal>, String> {
+        Ok(match self {
+            Self::Probe { reference, alpha } => Box::new(ProbeSignal::new(reference, alpha)),
+            Self::GradientAgreement { reference, alpha } => {
+                Box::new(GradientAgreementSignal::new(reference, alpha))
+            }
+            Self::Spike {
+                name,
+                window,
+                history,
+            } => Box::new(SpikeSignal::from_history(&name, window, history)?),
+        })
+    }
+
+    /// The state of an EWMA reference (shared by the probe and agreement signals).
+    pub(crate) fn ewma(reference: &EwmaReference) -> (f64, f64) {
+        (reference.value(), reference.alpha())
+    }
 }

@@ -10,7 +10,7 @@ mod probe;
 mod spike;
 
 pub use agreement::GradientAgreementSignal;
-pub use base::{InnovationKind, InnovationSignal};
+pub use base::{InnovationKind, InnovationSignal, SignalState};
 pub use ewma::EwmaReference;
 pub use probe::ProbeSignal;
 pub use spike::SpikeSignal;

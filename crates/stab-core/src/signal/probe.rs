@@ -1,4 +1,4 @@
-use super::{EwmaReference, InnovationKind, InnovationSignal};
+use super::{EwmaReference, InnovationKind, InnovationSignal, SignalState};
 
 /// The paper's signal: ν = y(θ_prop) − ŷ, where y is the loss on a fixed held-out probe set and ŷ
 /// an EWMA of accepted measurements that starts at y(θ₀) and moves on accepted steps only.
@@ -39,6 +39,11 @@ impl InnovationSignal for ProbeSignal {
 
     fn accept(&mut self, measurement: f64) {
         self.reference.update(measurement);
+    }
+
+    fn save_state(&self) -> Option<SignalState> {
+        let (reference, alpha) = SignalState::ewma(&self.reference);
+        Some(SignalState::Probe { reference, alpha })
     }
 }
 

@@ -1,6 +1,6 @@
 use std::collections::VecDeque;
 
-use super::{InnovationKind, InnovationSignal};
+use super::{InnovationKind, InnovationSignal, SignalState};
 
 /// Accepted measurements needed before a z-score is taken (fewer when the window is shorter).
 const MIN_HISTORY: usize = 5;
@@ -41,6 +41,33 @@ impl SpikeSignal {
     /// Spikes of the gradient norm.
     pub fn gradient_norm_spike(window: usize, initial_norm: f64) -> Self {
         Self::new("gradient-norm-spike", window, initial_norm)
+    }
+
+    /// A spike signal rebuilt from a saved history ([`SignalState::Spike`]).
+    ///
+    /// # Errors
+    /// An unknown name, or a history longer than the window.
+    pub(crate) fn from_history(
+        name: &str,
+        window: usize,
+        history: Vec<f64>,
+    ) -> Result<Self, String> {
+        let name = match name {
+            "loss-spike" => "loss-spike",
+            "gradient-norm-spike" => "gradient-norm-spike",
+            other => return Err(format!("unknown spike signal `{other}`")),
+        };
+        if window < 2 || history.is_empty() || history.len() > window {
+            return Err(format!(
+                "a spike signal's history holds 1 to {window} values (window ≥ 2), not {}",
+                history.len()
+            ));
+        }
+        Ok(Self {
+            name,
+            window,
+            history: history.into(),
+        })
     }
 
     fn mean_and_std(&self) -> (f64, f64) {
@@ -93,6 +120,14 @@ impl InnovationSignal for SpikeSignal {
             self.history.pop_front();
         }
         self.history.push_back(measurement);
+    }
+
+    fn save_state(&self) -> Option<SignalState> {
+        Some(SignalState::Spike {
+            name: self.name.to_owned(),
+            window: self.window,
+            history: self.history.iter().copied().collect(),
+        })
     }
 }
 
