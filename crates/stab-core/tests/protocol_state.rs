@@ -236,6 +236,7 @@ fn wrong_version_configuration_or_mode_is_refused() {
     let mut json: serde_json::Value = serde_json::to_value(&state).unwrap();
     json["version"] = serde_json::json!(PROTOCOL_STATE_VERSION + 1);
     let future: ProtocolState = serde_json::from_value(json).unwrap();
+    assert_eq!(future.version(), PROTOCOL_STATE_VERSION + 1);
     let err = StepProtocol::from_state(&config, Mode::Enforce, future).unwrap_err();
     assert_eq!(
         err,
@@ -288,4 +289,30 @@ fn a_state_is_taken_between_steps_only() {
     let done = p.complete(Completion::default()).unwrap();
     assert_eq!(done.action, Action::Commit);
     assert!(p.save_state().is_ok());
+}
+
+#[test]
+fn a_slot_fingerprint_set_after_resume_guards_the_restores() {
+    let config = config();
+    let p = started(&config, &mut FakeStore::default());
+    let state = p.save_state().unwrap();
+    let mut p = StepProtocol::from_state(&config, Mode::Enforce, state).unwrap();
+    p.set_slot_fingerprint(stab_core::SlotId::CURRENT, Some(42));
+    assert!(matches!(
+        p.begin_step(Some(1.0)).unwrap(),
+        StepPlan::Propose { measure: true }
+    ));
+    assert_eq!(p.decide(Some(1e6)).unwrap(), Directive::Restore);
+    let err = p.complete(Completion::fingerprinted(41)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            stab_core::StabError::Safety(stab_core::SafetyViolation::InexactRestore {
+                expected: 42,
+                actual: 41,
+                ..
+            })
+        ),
+        "{err}"
+    );
 }
