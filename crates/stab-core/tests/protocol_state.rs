@@ -149,7 +149,12 @@ fn a_resumed_protocol_continues_exactly_like_the_original() {
     let mut states = Vec::new();
     let mut actions = Vec::new();
     for t in 0..STEPS {
-        states.push((p.save_state().unwrap(), store.clone()));
+        let state = p.save_state().unwrap();
+        // What the state says of the run is what the protocol says.
+        assert_eq!(state.slot_positions(), p.slot_positions());
+        assert_eq!(state.counters(), p.counters());
+        assert_eq!(state.next_step(), p.next_step());
+        states.push((state, store.clone()));
         let (y, norm) = inputs(t, &mut rng);
         trace.push(step(&mut p, &mut store, y, norm));
         actions.push(trace.last().unwrap().clone());
