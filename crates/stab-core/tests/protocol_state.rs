@@ -321,3 +321,69 @@ fn a_slot_fingerprint_set_after_resume_guards_the_restores() {
         "{err}"
     );
 }
+
+#[test]
+fn a_state_that_contradicts_itself_is_refused() {
+    let config = config();
+    let p = started(&config, &mut FakeStore::default());
+    let state = p.save_state().unwrap();
+    assert_eq!(state.config(), &config);
+    assert_eq!(state.mode(), Mode::Enforce);
+    let edited = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut json = serde_json::to_value(&state).unwrap();
+        edit(&mut json);
+        let damaged: ProtocolState = serde_json::from_value(json).unwrap();
+        StepProtocol::from_state(&config, Mode::Enforce, damaged).unwrap_err()
+    };
+    let cases: [(&str, &dyn Fn(&mut serde_json::Value)); 4] = [
+        ("no last accepted state", &|j| {
+            j["slots"][0] = serde_json::Value::Null
+        }),
+        ("detectors", &|j| j["gate"] = serde_json::Value::Null),
+        ("detectors", &|j| j["drift"] = serde_json::Value::Null),
+        ("monitor", &|j| j["controller"] = serde_json::Value::Null),
+    ];
+    for (what, edit) in cases {
+        let err = edited(edit);
+        assert!(
+            matches!(&err, ProtocolStateError::Inconsistent { reason } if reason.contains(what)),
+            "{what}: {err}"
+        );
+    }
+    // The untouched state is accepted (the edits above are what is refused).
+    assert!(StepProtocol::from_state(&config, Mode::Enforce, state.clone()).is_ok());
+    // Observe mode keeps no snapshot: an empty slot 0 is its normal state.
+    let mut observe = StepProtocol::new(&config, Mode::Observe, Some(2.0)).unwrap();
+    observe.start().unwrap();
+    observe.complete(Completion::default()).unwrap();
+    let saved = observe.save_state().unwrap();
+    assert_eq!(saved.slot_positions().first(), Some(&None));
+    assert!(StepProtocol::from_state(&config, Mode::Observe, saved).is_ok());
+}
+
+#[test]
+fn a_spike_history_must_fit_its_window() {
+    let spike = |window: usize, history: Vec<f64>| {
+        stab_core::SignalState::Spike {
+            name: "loss-spike".to_owned(),
+            window,
+            history,
+        }
+        .into_signal()
+    };
+    assert!(spike(2, vec![1.0]).is_ok());
+    assert!(spike(2, vec![1.0, 2.0]).is_ok());
+    assert!(spike(3, vec![]).is_err(), "empty history");
+    assert!(
+        spike(2, vec![1.0, 2.0, 3.0]).is_err(),
+        "longer than its window"
+    );
+    assert!(spike(1, vec![1.0]).is_err(), "window below 2");
+    assert!(spike(0, vec![1.0]).is_err(), "window below 2");
+    let unknown = stab_core::SignalState::Spike {
+        name: "loss-spik".to_owned(),
+        window: 4,
+        history: vec![1.0],
+    };
+    assert!(unknown.into_signal().unwrap_err().contains("loss-spik"));
+}
