@@ -322,6 +322,9 @@ fn a_slot_fingerprint_set_after_resume_guards_the_restores() {
     );
 }
 
+/// An edit of a saved state's JSON.
+type JsonEdit = dyn Fn(&mut serde_json::Value);
+
 #[test]
 fn a_state_that_contradicts_itself_is_refused() {
     let config = config();
@@ -329,13 +332,13 @@ fn a_state_that_contradicts_itself_is_refused() {
     let state = p.save_state().unwrap();
     assert_eq!(state.config(), &config);
     assert_eq!(state.mode(), Mode::Enforce);
-    let edited = |edit: &dyn Fn(&mut serde_json::Value)| {
+    let edited = |edit: &JsonEdit| {
         let mut json = serde_json::to_value(&state).unwrap();
         edit(&mut json);
         let damaged: ProtocolState = serde_json::from_value(json).unwrap();
         StepProtocol::from_state(&config, Mode::Enforce, damaged).unwrap_err()
     };
-    let cases: [(&str, &dyn Fn(&mut serde_json::Value)); 4] = [
+    let cases: [(&str, &JsonEdit); 4] = [
         ("no last accepted state", &|j| {
             j["slots"][0] = serde_json::Value::Null
         }),
