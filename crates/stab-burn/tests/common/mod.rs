@@ -126,7 +126,7 @@ pub struct StateBytes {
     pub tensors: Vec<(String, String, bool, Vec<u8>)>,
     pub optim_tensors: Vec<(String, Vec<u8>)>,
     pub optim_scalars: Vec<(String, String)>,
-    /// Each parameter's numeric id (as the optimizer's record names it) and module path.
+    /// Each trainable parameter's numeric id (as the optimizer's record names it) and module path.
     pub ids: Vec<(String, String)>,
 }
 
@@ -257,7 +257,11 @@ impl ModuleVisitor for Dump {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let tensor = param.val();
         let trainable = tensor.is_require_grad();
-        self.2.push((param.id.val().to_string(), self.0.join(".")));
+        if trainable {
+            // Only trainable parameters have optimizer state (and a resumed module keeps the
+            // running statistics' ids of the module it was loaded into).
+            self.2.push((param.id.val().to_string(), self.0.join(".")));
+        }
         self.1.push((
             param.id.to_string(),
             self.0.join("."),
