@@ -361,6 +361,7 @@ fn a_state_that_contradicts_itself_is_refused() {
     observe.complete(Completion::default()).unwrap();
     let saved = observe.save_state().unwrap();
     assert_eq!(saved.slot_positions().first(), Some(&None));
+    assert_eq!(saved.mode(), Mode::Observe);
     assert!(StepProtocol::from_state(&config, Mode::Observe, saved).is_ok());
 }
 
