@@ -1,11 +1,14 @@
 //! The overlapped guard follows the sequential guard's trajectory exactly: on a run with
 //! rejections (a learning-rate spike the probe catches, a gradient blow-up the gate catches),
 //! every record and the final parameters, optimizer state and BatchNorm running statistics are
-//! identical, for both stores and with a probe every step or every third step.
+//! identical, for both stores and with a probe every step or every third step (on Flex, whose
+//! kernels are deterministic; other backends check the overlapped run's own recoveries).
 
 mod common;
 
 use std::sync::Mutex;
+
+use burn::module::Module;
 
 use common::{Net, StateBytes, adamw, assert_same_state, batch, grads, probe};
 use stab_burn::{
@@ -58,7 +61,9 @@ static RNG: Mutex<()> = Mutex::new(());
 fn initial_model(device: &burn::tensor::Device) -> Net {
     let _draws = RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     device.seed(3);
-    Net::new(device)
+    let drawn = Net::new(device);
+    // burn initializes parameters lazily, on first use: read them all now, under the lock.
+    Net::new(device).load_record(drawn.into_record())
 }
 
 fn sequential(store: StoreKind, interval: u64) -> (Vec<StepRecord>, StateBytes) {
@@ -110,27 +115,51 @@ fn overlapped(store: StoreKind, interval: u64) -> (Vec<StepRecord>, StateBytes, 
     )
 }
 
-fn same_trajectory(store: StoreKind, interval: u64) {
-    let (expected, expected_state) = sequential(store, interval);
-    let (actual, actual_state, regrads) = overlapped(store, interval);
-    let restores = expected
+/// Whether the backend is Flex, whose kernels are deterministic. On a GPU backend (wgpu), two
+/// runs of the same steps need not give the same bits (kernel selection, reduction order), and a
+/// probe on another thread runs on another stream: there the test checks the overlapped run's
+/// own decisions instead of comparing bits with the sequential run.
+fn deterministic_backend() -> bool {
+    stab_burn::training_device()
+        .map(|d| d.name.contains("Flex"))
+        .unwrap_or(false)
+}
+
+/// The fault's effect on a run: the lr spike rejected by the probe, the blow-up gated, and the
+/// number of proposals discarded.
+fn recoveries(records: &[StepRecord]) -> (usize, usize, usize) {
+    let restores = records
         .iter()
         .filter(|r| r.action == Action::Restore)
         .count();
-    let discarded = expected
+    let skips = records.iter().filter(|r| r.action == Action::Skip).count();
+    let discarded = records
         .iter()
         .filter(|r| r.action.discards_proposal())
         .count();
-    let skips = expected.iter().filter(|r| r.action == Action::Skip).count();
+    (restores, skips, discarded)
+}
+
+fn same_trajectory(store: StoreKind, interval: u64) {
+    let (actual, actual_state, regrads) = overlapped(store, interval);
+    let (restores, skips, discarded) = recoveries(&actual);
     assert!(
         restores >= 1,
-        "the lr spike is rejected by the probe: {expected:#?}"
+        "the lr spike is rejected by the probe: {actual:#?}"
     );
-    assert!(skips >= 1, "the gradient blow-up is gated: {expected:#?}");
+    assert!(skips >= 1, "the gradient blow-up is gated: {actual:#?}");
     assert_eq!(
         regrads as usize, discarded,
         "each discarded proposal costs one speculative gradient"
     );
+    if !deterministic_backend() {
+        eprintln!(
+            "bitwise comparison with the sequential guard skipped: it needs a deterministic backend (Flex)"
+        );
+        return;
+    }
+    let (expected, expected_state) = sequential(store, interval);
+    assert_eq!(recoveries(&expected), (restores, skips, discarded));
     assert_eq!(actual.len(), expected.len());
     for (a, e) in actual.iter().zip(&expected) {
         assert_eq!(a.step, e.step);
