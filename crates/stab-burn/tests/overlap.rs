@@ -218,3 +218,32 @@ fn only_the_probe_signal_can_be_overlapped() {
         "{err}"
     );
 }
+
+#[test]
+fn finish_hands_back_a_guard_that_probes_on_its_own_again() {
+    let device = common::training_device();
+    let mut model = initial_model(&device);
+    let guard = Guard::builder(config(StoreKind::Device, 1))
+        .probe(probe(&device))
+        .build(&model, adamw())
+        .unwrap();
+    let mut guard = OverlappedGuard::new(guard).unwrap();
+    for step in 0..3 {
+        let (g, _) = grads(&model, &batch(step, 16, &device));
+        model = guard
+            .step(LR, model, g, |m| grads(m, &batch(step, 16, &device)).0)
+            .unwrap()
+            .model;
+    }
+    let (model, last, mut guard) = guard.finish(model).unwrap();
+    assert_eq!(
+        last.map(|r| r.step),
+        Some(2),
+        "the last proposal is decided"
+    );
+    // The probe is back in the guard: a sequential step measures again.
+    let (g, _) = grads(&model, &batch(3, 16, &device));
+    let out = guard.step(LR, model, g).unwrap();
+    assert_eq!(out.report.step, 3);
+    assert!(out.report.record.is_some_and(|r| r.measurement.is_finite()));
+}
