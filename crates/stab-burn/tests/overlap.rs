@@ -235,6 +235,9 @@ fn finish_hands_back_a_guard_that_probes_on_its_own_again() {
             .unwrap()
             .model;
     }
+    let shown = format!("{guard:?}");
+    assert!(shown.starts_with("OverlappedGuard"), "{shown}");
+    assert!(shown.contains("in_flight: Some(2)"), "{shown}");
     let (model, last, mut guard) = guard.finish(model).unwrap();
     assert_eq!(
         last.map(|r| r.step),
