@@ -7,34 +7,33 @@
 
 use std::convert::Infallible;
 
+mod common;
+
+use common::ReferenceAlgorithm;
 use proptest::prelude::*;
 use stab_core::{
     Action, Completion, ControllerConfig, Directive, InMemoryStore, Mode, StepOutcome, StepPlan,
     StepProtocol, Supervisor,
 };
 
-/// Algorithm 1 with a probe every k steps: the reference the implementation must match.
+/// Algorithm 1 (the shared reference) with a probe every k steps.
 struct Model {
-    y_hat: f64,
-    alpha: f64,
-    epsilon: f64,
+    algorithm: ReferenceAlgorithm,
     k: u64,
 }
 
 impl Model {
-    fn measured(&self, step: u64) -> bool {
-        (step + 1).is_multiple_of(self.k)
+    fn new(y0: f64, alpha: f64, epsilon: f64, k: u64) -> Self {
+        let algorithm = ReferenceAlgorithm {
+            y_hat: y0,
+            alpha,
+            epsilon,
+        };
+        Self { algorithm, k }
     }
 
-    /// Accept iff y and ν are finite and ν ≤ ε; an accepted y moves ŷ (clamped into its hull).
-    fn decide(&mut self, y: f64) -> bool {
-        let nu = y - self.y_hat;
-        let accept = y.is_finite() && nu.is_finite() && nu <= self.epsilon;
-        if accept {
-            let blended = (1.0 - self.alpha) * self.y_hat + self.alpha * y;
-            self.y_hat = blended.clamp(self.y_hat.min(y), self.y_hat.max(y));
-        }
-        accept
+    fn measured(&self, step: u64) -> bool {
+        (step + 1).is_multiple_of(self.k)
     }
 }
 
@@ -59,8 +58,8 @@ fn input() -> impl Strategy<Value = Input> {
 fn resolve(input: Input, model: &Model) -> f64 {
     match input {
         Input::Value(y) => y,
-        Input::AtReference => model.y_hat,
-        Input::AtThreshold => model.y_hat + model.epsilon,
+        Input::AtReference => model.algorithm.y_hat,
+        Input::AtThreshold => model.algorithm.y_hat + model.algorithm.epsilon,
     }
 }
 
@@ -87,7 +86,7 @@ proptest! {
         let y0 = 1.0;
         let mut sup = Supervisor::new(&config(epsilon, alpha, k), InMemoryStore::new(), &0_u64, y0)
             .unwrap();
-        let mut model = Model { y_hat: y0, alpha, epsilon, k };
+        let mut model = Model::new(y0, alpha, epsilon, k);
         // The state is the number of updates applied on the current lineage.
         let (mut state, mut last_accepted) = (0_u64, 0_u64);
         let (mut decisions, mut rejections) = (0_u64, 0_u64);
@@ -103,11 +102,11 @@ proptest! {
                     unreachable!()
                 };
                 prop_assert_eq!(record.step, t);
-                prop_assert_eq!(record.reference.to_bits(), model.y_hat.to_bits());
-                let accepted = model.decide(y);
+                prop_assert_eq!(record.reference.to_bits(), model.algorithm.y_hat.to_bits());
+                let accepted = model.algorithm.step(y);
                 decisions += 1;
                 prop_assert_eq!(record.decision.is_accepted(), accepted, "{:?}", record);
-                prop_assert_eq!(record.reference_after.to_bits(), model.y_hat.to_bits());
+                prop_assert_eq!(record.reference_after.to_bits(), model.algorithm.y_hat.to_bits());
                 if accepted {
                     prop_assert_eq!(record.action, Action::Commit);
                     prop_assert_eq!(step.state, state + 1);
@@ -142,7 +141,7 @@ proptest! {
         let mut protocol = StepProtocol::new(&config(epsilon, alpha, k), Mode::Observe, Some(y0)).unwrap();
         prop_assert_eq!(protocol.start().unwrap(), Directive::Keep);
         protocol.complete(Completion::default()).unwrap();
-        let mut model = Model { y_hat: y0, alpha, epsilon, k };
+        let mut model = Model::new(y0, alpha, epsilon, k);
         for (t, input) in inputs.into_iter().enumerate() {
             let t = t as u64;
             let y = resolve(input, &model);
@@ -158,15 +157,15 @@ proptest! {
             if measure {
                 let record = done.record.expect("a measured step has a record");
                 prop_assert_eq!(record.step, t);
-                let accepted = model.decide(y);
+                let accepted = model.algorithm.step(y);
                 prop_assert_eq!(record.decision.is_accepted(), accepted);
                 prop_assert_eq!(done.action, if accepted { Action::Commit } else { Action::Observe });
                 prop_assert_eq!(record.action, done.action);
-                prop_assert_eq!(record.reference_after.to_bits(), model.y_hat.to_bits());
+                prop_assert_eq!(record.reference_after.to_bits(), model.algorithm.y_hat.to_bits());
             } else {
                 prop_assert_eq!((done.action, done.record), (Action::Unprobed, None));
             }
-            prop_assert_eq!(protocol.reference().map(f64::to_bits), Some(model.y_hat.to_bits()));
+            prop_assert_eq!(protocol.reference().map(f64::to_bits), Some(model.algorithm.y_hat.to_bits()));
         }
     }
 }

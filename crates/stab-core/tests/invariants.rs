@@ -1,6 +1,9 @@
 //! Property tests: the safety invariants of the paper hold for arbitrary measurement sequences,
 //! and the runtime monitor catches rules and signals that break them.
 
+mod common;
+
+use common::ReferenceAlgorithm;
 use proptest::prelude::*;
 use stab_core::{
     Controller, ControllerConfig, Decision, DecisionRule, Fingerprint, InMemoryStore,
@@ -31,26 +34,6 @@ fn epsilon() -> impl Strategy<Value = f64> {
 
 fn alpha() -> impl Strategy<Value = f64> {
     prop_oneof![1e-6..0.01_f64, 0.01..0.99_f64, Just(0.5), Just(0.999_999)]
-}
-
-/// The reference model: Algorithm 1 as the paper states it, in a few lines, independent of the
-/// controller's code (the EWMA clamp keeps ŷ a convex combination in floating point too).
-struct ReferenceAlgorithm {
-    y_hat: f64,
-    alpha: f64,
-    epsilon: f64,
-}
-
-impl ReferenceAlgorithm {
-    fn step(&mut self, y: f64) -> bool {
-        let nu = y - self.y_hat;
-        let accept = y.is_finite() && nu.is_finite() && nu <= self.epsilon;
-        if accept {
-            let blended = (1.0 - self.alpha) * self.y_hat + self.alpha * y;
-            self.y_hat = blended.clamp(self.y_hat.min(y), self.y_hat.max(y));
-        }
-        accept
-    }
 }
 
 proptest! {
