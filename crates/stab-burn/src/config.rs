@@ -58,7 +58,7 @@ impl GuardConfig {
     }
     /// Sets ε (shortcut for the controller's).
     pub fn with_epsilon(mut self, epsilon: f64) -> Self {
-        self.controller.epsilon = epsilon;
+        self.controller.epsilon = Some(epsilon);
         self
     }
     /// Sets the signal (shortcut for the controller's).

@@ -17,7 +17,7 @@ use crate::error::{GuardError, ProbeError, StoreError};
 use crate::fingerprint::state_fingerprint;
 use crate::probe::Measure;
 use crate::report::{GuardedStep, StepReport, StepTimings};
-use crate::signals::{gradient_cosine, gradient_norm, reference_gradients};
+use crate::signals::{gradient_cosine, gradient_norm, reference_gradients, update_norm};
 use crate::store::{StateStore, StoreMemory};
 
 /// Inputs a step's measurement may need besides the model and its gradients.
@@ -216,6 +216,7 @@ impl<M: Module + 'static> Guard<M> {
         let gradient_norm = self.gate_input(step, &model, &grads)?;
         timings.measure = clock.elapsed();
 
+        let mut update = None;
         let (model, pending) = match self.protocol.begin_step(gradient_norm)? {
             StepPlan::Skip => (model, Pending::Directed(Directive::Keep)),
             StepPlan::Propose { measure } => {
@@ -227,9 +228,22 @@ impl<M: Module + 'static> Guard<M> {
                 };
                 timings.measure += clock.elapsed();
 
+                // The update gate judges measured steps: keep θ_t (parameters are shared, not
+                // copied) to measure ‖θ_prop − θ_t‖ after the step.
+                let previous =
+                    (measure && self.config.controller.update_gate.enabled).then(|| model.clone());
                 let clock = Instant::now();
                 let proposal = self.optim.step(lr, model, grads);
                 timings.optimizer = clock.elapsed();
+                let clock = Instant::now();
+                update = match previous {
+                    Some(previous) => Some(
+                        update_norm(&previous, &proposal)
+                            .map_err(|source| GuardError::Signal { step, source })?,
+                    ),
+                    None => None,
+                };
+                timings.measure += clock.elapsed();
                 let pending = match (measure, before) {
                     (false, _) => Pending::Measured(None),
                     (true, Some(y)) => Pending::Measured(Some(y)),
@@ -243,6 +257,7 @@ impl<M: Module + 'static> Guard<M> {
             model,
             timings,
             pending,
+            update_norm: update,
         })
     }
 
@@ -259,13 +274,17 @@ impl<M: Module + 'static> Guard<M> {
             model,
             mut timings,
             pending,
+            update_norm,
         } = proposed;
         let directive = match pending {
             Pending::Directed(directive) => directive,
-            Pending::Measured(measurement) => self.protocol.decide(measurement)?,
-            Pending::Probe => self.protocol.decide(Some(
-                probe_measurement.ok_or(StabError::MissingMeasurement { step })?,
-            ))?,
+            Pending::Measured(measurement) => {
+                self.protocol.decide_with_update(measurement, update_norm)?
+            }
+            Pending::Probe => self.protocol.decide_with_update(
+                Some(probe_measurement.ok_or(StabError::MissingMeasurement { step })?),
+                update_norm,
+            )?,
         };
 
         let clock = Instant::now();
@@ -306,6 +325,7 @@ impl<M: Module + 'static> Guard<M> {
                 record: completed.record,
                 counters: self.counters(),
                 timings,
+                update_norm,
             },
         })
     }
@@ -603,6 +623,8 @@ pub(crate) struct Proposed<M> {
     /// Timings so far.
     pub(crate) timings: StepTimings,
     pending: Pending,
+    /// ‖θ_prop − θ_t‖ when the update gate judges this step.
+    update_norm: Option<f64>,
 }
 
 impl<M> Proposed<M> {

@@ -23,6 +23,9 @@ pub struct StepReport {
     pub counters: Counters,
     /// Where the step's time went.
     pub timings: StepTimings,
+    /// The update's size ‖θ_prop − θ_t‖ the update gate judged (measured steps with the update
+    /// gate on; `None` otherwise).
+    pub update_norm: Option<f64>,
 }
 
 /// Wall-clock time of each phase of a guarded step.

@@ -3,6 +3,8 @@
 //! Both reduce on the device and read one small tensor back. Non-finite gradients give a
 //! non-finite measurement, which the controller rejects with its own reason.
 
+use std::collections::HashMap;
+
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
@@ -55,6 +57,49 @@ pub fn gradient_cosine<M: Module>(
         return Ok(0.0);
     }
     Ok((dot / (aa.sqrt() * bb.sqrt())).clamp(-1.0, 1.0))
+}
+
+/// Size of an update, ‖θ_after − θ_before‖₂ over the trainable parameters the two models share
+/// (running statistics are not parameters). The update gate judges it: a step too large for its
+/// gradient (a learning-rate spike) shows here and nowhere else before the probe.
+///
+/// Reduces on the device and reads one number back; costs one subtraction per parameter.
+///
+/// # Errors
+/// [`SignalError::NoGradients`] if the models share no trainable parameter,
+/// [`SignalError::TensorRead`] if the result cannot be read.
+pub fn update_norm<M: Module>(before: &M, after: &M) -> Result<f64, SignalError> {
+    struct Collect(HashMap<ParamId, Tensor<1>>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.insert(param.id, param.val().flatten::<1>(0, D - 1));
+        }
+    }
+    struct Differences {
+        before: HashMap<ParamId, Tensor<1>>,
+        sums: Vec<Tensor<1>>,
+    }
+    impl ModuleVisitor for Differences {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(old) = self.before.remove(&param.id) {
+                let new = param.val().flatten::<1>(0, D - 1);
+                self.sums.push((new - old).square().sum());
+            }
+        }
+    }
+    let mut collect = Collect(HashMap::new());
+    before.visit(&mut collect);
+    let mut differences = Differences {
+        before: collect.0,
+        sums: Vec::new(),
+    };
+    after.visit(&mut differences);
+    if differences.sums.is_empty() {
+        return Err(SignalError::NoGradients);
+    }
+    let total = Tensor::cat(differences.sums, 0).sum();
+    let values = read(total, "update norm")?;
+    Ok(values[0].sqrt())
 }
 
 /// Gradients of `loss(model)` computed without leaving a trace in `model`'s running statistics.

@@ -21,7 +21,7 @@ fn guard_config_round_trips_through_json_and_rejects_unknown_fields() {
     let partial: GuardConfig =
         serde_json::from_str(r#"{"store": "host", "controller": {"epsilon": 0.3}}"#).unwrap();
     assert_eq!(partial.store, StoreKind::Host);
-    assert_eq!(partial.controller.epsilon, 0.3);
+    assert_eq!(partial.controller.epsilon, Some(0.3));
     assert!(partial.monitor && !partial.verify_restores);
     assert!(serde_json::from_str::<GuardConfig>(r#"{"stor": "host"}"#).is_err());
 }

@@ -6,9 +6,16 @@ use crate::error::ConfigError;
 
 mod recovery;
 
+use recovery::{GRADIENT_GATE_FIELDS, UPDATE_GATE_FIELDS};
+
+/// ε for the signals whose innovations have no unit (the z-scores of the spike signals, the drop
+/// of gradient agreement) when [`ControllerConfig::epsilon`] is `None`, and the paper's ε of
+/// [`ControllerConfig::algorithm_1`] (the only published value, from its reference code).
+pub const PAPER_EPSILON: f64 = 0.5;
+
 pub use recovery::{
-    DriftConfig, GateConfig, LadderConfig, MAX_LADDER_COUNT, MAX_RING_AGE, MAX_RING_LEVELS,
-    MAX_RUNGS, MAX_WINDOW, RingConfig, Rung,
+    AcceptanceConfig, DriftConfig, GateConfig, LadderConfig, MAX_LADDER_COUNT, MAX_RING_AGE,
+    MAX_RING_LEVELS, MAX_RUNGS, MAX_WINDOW, RingConfig, Rung,
 };
 
 /// Which admissible innovation signal drives the controller.
@@ -33,9 +40,15 @@ pub enum SignalKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ControllerConfig {
-    /// Acceptance threshold ε: a proposal is accepted iff ν ≤ ε. Default 0.5 (the only published value,
-    /// from the paper's reference code).
-    pub epsilon: f64,
+    /// Acceptance threshold ε: a proposal is accepted iff ν ≤ ε.
+    ///
+    /// `None` (the default): for the probe signal, whose innovations are in the measurement's
+    /// unit, ε follows the scale of the run ([`AcceptanceConfig`]): no unit, so no tuning per
+    /// loss; for the other signals, whose innovations have no unit, [`PAPER_EPSILON`].
+    /// `Some(ε)`: the paper's absolute rule with that ε, in the measurement's unit.
+    pub epsilon: Option<f64>,
+    /// How ε follows the scale of the measurements when `epsilon` is `None`.
+    pub acceptance: AcceptanceConfig,
     /// EWMA smoothing factor α ∈ (0, 1) of the reference ŷ. Default 0.1 (the reference code's value).
     pub alpha: f64,
     /// Which signal computes ν.
@@ -49,6 +62,10 @@ pub struct ControllerConfig {
     pub drift: DriftConfig,
     /// The pre-step gradient-norm gate.
     pub gate: GateConfig,
+    /// The gate on the size of the update, ‖θ_prop − θ_t‖, judged before the probe: catches a
+    /// step too large for its gradient (a learning-rate spike), which the gradient gate cannot see
+    /// and the probe loss may not show. Consulted when the driver supplies the update's norm.
+    pub update_gate: GateConfig,
     /// Snapshots kept at spaced ages, the targets of a rewind.
     pub ring: RingConfig,
     /// What to do when proposals keep being rejected.
@@ -58,13 +75,15 @@ pub struct ControllerConfig {
 impl Default for ControllerConfig {
     fn default() -> Self {
         Self {
-            epsilon: 0.5,
+            epsilon: None,
+            acceptance: AcceptanceConfig::default(),
             alpha: 0.1,
             signal: SignalKind::Probe,
             probe_interval: 1,
             spike_window: 20,
             drift: DriftConfig::default(),
             gate: GateConfig::default(),
+            update_gate: GateConfig::update_default(),
             ring: RingConfig::default(),
             ladder: LadderConfig::default(),
         }
@@ -72,22 +91,36 @@ impl Default for ControllerConfig {
 }
 
 impl ControllerConfig {
-    /// Algorithm 1 exactly as the paper states it: the probe signal and `ν ≤ ε`, no drift
-    /// detector, no gradient gate, no snapshot ring, no escalation ladder. A rejection always
+    /// Algorithm 1 exactly as the paper states it: the probe signal and `ν ≤ ε` with the paper's
+    /// absolute ε = [`PAPER_EPSILON`], no drift detector, no gradient or update gate, no snapshot
+    /// ring, no escalation ladder. A rejection always
     /// restores the last accepted state, which can freeze a run whose accepted optimizer state
     /// was damaged; use it to compare with the paper, not to protect a run.
     pub fn algorithm_1() -> Self {
         let mut config = Self::default();
+        config.epsilon = Some(PAPER_EPSILON);
         config.drift.enabled = false;
         config.gate.enabled = false;
+        config.update_gate.enabled = false;
         config.ring.ages.clear();
         config.ladder.enabled = false;
         config
     }
 
-    /// Sets ε.
+    /// Sets an absolute ε (the paper's rule), in the measurement's unit.
     pub fn with_epsilon(mut self, epsilon: f64) -> Self {
-        self.epsilon = epsilon;
+        self.epsilon = Some(epsilon);
+        self
+    }
+    /// Lets ε follow the scale of the run (the default; see [`AcceptanceConfig`]).
+    pub fn with_scale_free_epsilon(mut self, acceptance: AcceptanceConfig) -> Self {
+        self.epsilon = None;
+        self.acceptance = acceptance;
+        self
+    }
+    /// Sets the update-size gate's configuration.
+    pub fn with_update_gate(mut self, update_gate: GateConfig) -> Self {
+        self.update_gate = update_gate;
         self
     }
     /// Sets α.
@@ -141,18 +174,30 @@ impl ControllerConfig {
         self
     }
 
+    /// Whether ε follows the scale of the run: no absolute ε was given and the signal's
+    /// innovations are in the measurement's unit (the probe signal).
+    pub fn scale_free(&self) -> bool {
+        self.epsilon.is_none() && self.signal == SignalKind::Probe
+    }
+
+    /// ε of the absolute rule: the given one, or [`PAPER_EPSILON`] (the starting value of a
+    /// scale-free rule, which the protocol replaces before the first decision).
+    pub fn absolute_epsilon(&self) -> f64 {
+        self.epsilon.unwrap_or(PAPER_EPSILON)
+    }
+
     /// Checks every field.
     ///
     /// # Errors
-    /// A [`ConfigError`] naming the first bad field and its value: ε must be finite and > 0,
+    /// A [`ConfigError`] naming the first bad field and its value: ε (if given) must be finite and > 0,
     /// α in (0, 1), the probe interval ≥ 1, the spike window in 2 ..= [`MAX_WINDOW`], and the
     /// recovery settings each within their bounds (no value a configuration file can hold makes
     /// the controller panic or allocate without limit).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
-            return Err(ConfigError::Epsilon {
-                value: self.epsilon,
-            });
+        if let Some(epsilon) = self.epsilon
+            && !(epsilon.is_finite() && epsilon > 0.0)
+        {
+            return Err(ConfigError::Epsilon { value: epsilon });
         }
         if !(self.alpha > 0.0 && self.alpha < 1.0) {
             return Err(ConfigError::Alpha { value: self.alpha });
@@ -179,7 +224,9 @@ impl ControllerConfig {
             });
         }
         self.drift.validate()?;
-        self.gate.validate()?;
+        self.acceptance.validate()?;
+        self.gate.validate_as(&GRADIENT_GATE_FIELDS)?;
+        self.update_gate.validate_as(&UPDATE_GATE_FIELDS)?;
         self.ring.validate()?;
         self.ladder.validate()
     }
@@ -349,13 +396,15 @@ mod tests {
             .with_ring(ring.clone())
             .with_ladder(ladder.clone());
         let expected = ControllerConfig {
-            epsilon: 0.25,
+            epsilon: Some(0.25),
+            acceptance: AcceptanceConfig::default(),
             alpha: 0.3,
             signal: SignalKind::GradientAgreement,
             probe_interval: 4,
             spike_window: 7,
             drift,
             gate,
+            update_gate: GateConfig::update_default(),
             ring,
             ladder,
         };
@@ -377,20 +426,25 @@ mod tests {
     #[test]
     fn algorithm_1_is_the_paper_controller_alone() {
         let config = ControllerConfig::algorithm_1();
-        assert!(!config.drift.enabled && !config.gate.enabled && !config.ladder.enabled);
-        assert!(config.ring.ages.is_empty());
         let default = ControllerConfig::default();
+        assert!(!config.drift.enabled && !config.gate.enabled && !config.ladder.enabled);
+        assert!(!config.update_gate.enabled && default.update_gate.enabled);
+        assert_eq!(config.epsilon, Some(PAPER_EPSILON));
+        assert_eq!(
+            default.epsilon, None,
+            "the default ε follows the scale of the run"
+        );
+        assert!(default.scale_free() && !config.scale_free());
+        assert!(config.ring.ages.is_empty());
         assert!(default.gate.enabled && default.ladder.enabled && !default.ring.ages.is_empty());
         assert_eq!(
             (
-                config.epsilon,
                 config.alpha,
                 config.signal,
                 config.probe_interval,
                 config.spike_window
             ),
             (
-                default.epsilon,
                 default.alpha,
                 default.signal,
                 default.probe_interval,
@@ -419,7 +473,7 @@ mod tests {
         let back: ControllerConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(back, config);
         let partial: ControllerConfig = serde_json::from_str(r#"{"epsilon": 0.3}"#).unwrap();
-        assert_eq!(partial.epsilon, 0.3);
+        assert_eq!(partial.epsilon, Some(0.3));
         assert_eq!(partial.alpha, 0.1);
         assert!(serde_json::from_str::<ControllerConfig>(r#"{"epsilonn": 0.3}"#).is_err());
     }

@@ -82,7 +82,7 @@ impl Controller {
         };
         Ok(Self::new(
             signal,
-            Box::new(ThresholdRule::new(config.epsilon)),
+            Box::new(ThresholdRule::new(config.absolute_epsilon())),
         ))
     }
 
@@ -196,6 +196,11 @@ impl Controller {
         }
     }
 
+    /// Moves the rule's threshold (the step protocol's scale-free ε_t).
+    pub(crate) fn set_threshold(&mut self, threshold: f64) {
+        self.rule.set_threshold(threshold);
+    }
+
     /// Mutable counters, for the step protocol's recovery actions.
     pub(crate) fn counters_mut(&mut self) -> &mut Counters {
         &mut self.counters
@@ -297,8 +302,9 @@ mod tests {
         let mut c = controller();
         let r = c.reject_gradient(RejectionReason::GradientGate {
             norm: 300.0,
-            z: 50.0,
+            score: 50.0,
             limit: 6.0,
+            test: crate::detect::GateTest::ZScore,
         });
         assert!(r.measurement.is_nan() && r.innovation.is_nan());
         assert_eq!(r.action, Action::Skip);

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::detect::GateTest;
 use crate::record::non_finite_f64;
 
 /// Why a proposal was rejected. Every rejection has exactly one reason.
@@ -43,11 +44,30 @@ pub enum RejectionReason {
         /// The gradient's norm (`"NaN"`, `"inf"` when not finite).
         #[serde(with = "non_finite_f64")]
         norm: f64,
-        /// Its z-score against accepted norms.
+        /// Its score against accepted norms: a z-score or a ratio to their median, as `test`
+        /// says (∞ for a non-finite norm).
         #[serde(with = "non_finite_f64")]
-        z: f64,
-        /// The z-score limit.
+        score: f64,
+        /// The limit of that score.
         limit: f64,
+        /// The statistic that judged it.
+        test: GateTest,
+    },
+    /// The update the optimizer proposed, ‖θ_prop − θ_t‖, is far above the updates of accepted
+    /// steps (or not finite): a step too large for its gradient, such as a learning-rate spike,
+    /// rejected before the probe judges it.
+    UpdateGate {
+        /// The update's norm (`"NaN"`, `"inf"` when not finite).
+        #[serde(with = "non_finite_f64")]
+        norm: f64,
+        /// Its score against accepted updates: a z-score or a ratio to their median, as `test`
+        /// says.
+        #[serde(with = "non_finite_f64")]
+        score: f64,
+        /// The limit of that score.
+        limit: f64,
+        /// The statistic that judged it.
+        test: GateTest,
     },
 }
 
@@ -72,10 +92,36 @@ impl std::fmt::Display for RejectionReason {
                 f,
                 "drift since position {onset}: CUSUM {statistic:.6} > alarm level {threshold:.6}"
             ),
-            Self::GradientGate { norm, z, limit } => {
-                write!(f, "gradient norm {norm} (z = {z:.2} > {limit}) gated")
-            }
+            Self::GradientGate {
+                norm,
+                score,
+                limit,
+                test,
+            } => write!(
+                f,
+                "gradient norm {norm} ({}) gated",
+                gate_score(*score, *limit, *test)
+            ),
+            Self::UpdateGate {
+                norm,
+                score,
+                limit,
+                test,
+            } => write!(
+                f,
+                "update norm {norm} ({}) gated",
+                gate_score(*score, *limit, *test)
+            ),
         }
+    }
+}
+
+/// How a gate's score reads in a message.
+fn gate_score(score: f64, limit: f64, test: GateTest) -> String {
+    match test {
+        GateTest::ZScore => format!("z = {score:.2} > {limit}"),
+        GateTest::MedianRatio => format!("{score:.2} × the median accepted norm > {limit}"),
+        GateTest::NonFinite => "not finite".to_owned(),
     }
 }
 
@@ -118,6 +164,12 @@ pub trait DecisionRule: std::fmt::Debug + Send {
 
     /// Decides on a finite innovation.
     fn decide(&self, innovation: f64) -> Decision;
+
+    /// Moves the threshold to `threshold` (the scale-free acceptance sets ε_t before each
+    /// decision). A rule with a threshold of its own may ignore it; the default does.
+    fn set_threshold(&mut self, threshold: f64) {
+        let _ = threshold;
+    }
 }
 
 /// Algorithm 1's rule: accept iff ν ≤ ε.
@@ -136,6 +188,10 @@ impl ThresholdRule {
 impl DecisionRule for ThresholdRule {
     fn threshold(&self) -> f64 {
         self.epsilon
+    }
+
+    fn set_threshold(&mut self, threshold: f64) {
+        self.epsilon = threshold;
     }
 
     fn decide(&self, innovation: f64) -> Decision {
@@ -189,10 +245,29 @@ mod tests {
             (
                 RejectionReason::GradientGate {
                     norm: 300.0,
-                    z: 40.0,
+                    score: 40.0,
                     limit: 12.0,
+                    test: GateTest::ZScore,
                 },
                 "gradient norm 300 (z = 40.00 > 12) gated",
+            ),
+            (
+                RejectionReason::GradientGate {
+                    norm: 1200.0,
+                    score: 300.0,
+                    limit: 10.0,
+                    test: GateTest::MedianRatio,
+                },
+                "gradient norm 1200 (300.00 × the median accepted norm > 10) gated",
+            ),
+            (
+                RejectionReason::UpdateGate {
+                    norm: f64::NAN,
+                    score: f64::INFINITY,
+                    limit: 12.0,
+                    test: GateTest::NonFinite,
+                },
+                "update norm NaN (not finite) gated",
             ),
         ];
         for (reason, text) in cases {
@@ -201,8 +276,12 @@ mod tests {
     }
 
     #[test]
-    fn threshold_is_inclusive() {
-        let rule = ThresholdRule::new(0.5);
+    fn threshold_is_inclusive_and_moves_when_set() {
+        let mut rule = ThresholdRule::new(0.5);
+        rule.set_threshold(0.25);
+        assert_eq!(rule.threshold(), 0.25);
+        assert!(rule.decide(0.25).is_accepted() && !rule.decide(0.3).is_accepted());
+        rule.set_threshold(0.5);
         assert!(rule.decide(0.5).is_accepted());
         assert!(rule.decide(-3.0).is_accepted());
         assert!(!rule.decide(0.5000001).is_accepted());

@@ -45,6 +45,16 @@ pub enum ConfigError {
         /// The rejected value.
         value: f64,
     },
+    /// A real-valued field must be finite and strictly above a bound.
+    #[error("invalid {field} = {value}: must be finite and > {bound}")]
+    NotAbove {
+        /// Name of the configuration field.
+        field: &'static str,
+        /// The rejected value.
+        value: f64,
+        /// The bound it must exceed.
+        bound: f64,
+    },
     /// A real-valued field must be finite and strictly positive.
     #[error("invalid {field} = {value}: must be finite and > 0")]
     NotPositive {

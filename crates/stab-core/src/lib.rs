@@ -16,7 +16,7 @@
 //! - [`Controller`]: signal + rule + counters;
 //! - [`StepProtocol`]: Algorithm 1 with recovery as a state machine with no I/O — probe cadence,
 //!   calibration, observe mode, the decision, the safety monitor, drift detection
-//!   ([`detect::DriftDetector`]), the pre-step gradient gate ([`detect::GradientGate`]), a ring
+//!   ([`detect::DriftDetector`]), the pre-step gradient gate ([`detect::NormGate`]), a ring
 //!   of snapshots at spaced ages and an escalation ladder (rewind, reset the optimizer, stop).
 //!   Every driver obeys it: the closure [`Supervisor`] here, stab-burn's `Guard`, your own loop;
 //! - [`SnapshotStore`] (numbered slots) with [`InMemoryStore`], and the generic [`Supervisor`]
@@ -71,11 +71,13 @@ mod snapshot;
 mod supervisor;
 
 pub use config::{
-    ControllerConfig, DriftConfig, GateConfig, LadderConfig, MAX_LADDER_COUNT, MAX_RING_AGE,
-    MAX_RING_LEVELS, MAX_RUNGS, MAX_WINDOW, RingConfig, Rung, SignalKind,
+    AcceptanceConfig, ControllerConfig, DriftConfig, GateConfig, LadderConfig, MAX_LADDER_COUNT,
+    MAX_RING_AGE, MAX_RING_LEVELS, MAX_RUNGS, MAX_WINDOW, PAPER_EPSILON, RingConfig, Rung,
+    SignalKind,
 };
 pub use controller::{Controller, Counters};
 pub use decision::{Decision, DecisionRule, RejectionReason, ThresholdRule};
+pub use detect::GateTest;
 pub use error::{ConfigError, ObserverError, StabError};
 pub use fingerprint::Fingerprint;
 pub use monitor::{SafetyMonitor, SafetyViolation};

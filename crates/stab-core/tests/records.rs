@@ -2,7 +2,7 @@
 //! written and read back unchanged; what an action does to the proposal; observers' errors.
 
 use stab_core::{
-    Action, Decision, InnovationKind, JsonLinesWriter, RecordCollector, RejectionReason,
+    Action, Decision, GateTest, InnovationKind, JsonLinesWriter, RecordCollector, RejectionReason,
     StepObserver, StepRecord,
 };
 
@@ -56,7 +56,7 @@ fn all_kinds() -> Vec<StepRecord> {
         .into_iter()
         .enumerate()
     {
-        let step = 7 + 3 * i as u64;
+        let step = 7 + 4 * i as u64;
         let mut r = record(
             step,
             Action::Restore,
@@ -78,12 +78,26 @@ fn all_kinds() -> Vec<StepRecord> {
             Action::Skip,
             rejected(RejectionReason::GradientGate {
                 norm: value,
-                z: value,
+                score: value,
                 limit: 12.0,
+                test: GateTest::NonFinite,
             }),
             None,
         );
         (r.measurement, r.innovation) = (f64::NAN, f64::NAN);
+        records.push(r);
+        let mut r = record(
+            step + 3,
+            Action::Restore,
+            rejected(RejectionReason::UpdateGate {
+                norm: value,
+                score: value,
+                limit: 10.0,
+                test: GateTest::MedianRatio,
+            }),
+            None,
+        );
+        r.innovation = -0.25;
         records.push(r);
     }
     records
@@ -125,14 +139,14 @@ fn every_kind_of_record_survives_its_json_line() {
     // The non-finite values are named in the line, with their sign.
     assert!(lines[7].contains(r#""measurement":"NaN""#), "{}", lines[7]);
     assert!(
-        lines[10].contains(r#""measurement":"inf""#),
+        lines[11].contains(r#""measurement":"inf""#),
         "{}",
-        lines[10]
+        lines[11]
     );
     assert!(
-        lines[13].contains(r#""measurement":"-inf""#),
+        lines[15].contains(r#""measurement":"-inf""#),
         "{}",
-        lines[13]
+        lines[15]
     );
     assert!(
         lines[2].contains(r#""kind":"rewind","to_position":17"#),
@@ -203,5 +217,5 @@ fn the_collector_keeps_every_record_in_order() {
         collector.on_step(&r).unwrap();
     }
     let steps: Vec<u64> = collector.records.iter().map(|r| r.step).collect();
-    assert_eq!(steps, (0..16).collect::<Vec<_>>());
+    assert_eq!(steps, (0..19).collect::<Vec<_>>());
 }

@@ -295,8 +295,9 @@ fn a_drift_alarm_rejects_and_rewinds_past_its_onset() {
 }
 
 #[test]
-fn rungs_that_cannot_act_pass_to_the_next_and_an_empty_ladder_stops() {
-    // No ring (no rewind target) and no reset support: both rungs pass, the run stops.
+fn rungs_the_driver_cannot_carry_out_are_dropped_uncounted_and_the_stop_names_the_rule() {
+    // No ring (no rewind target) and no reset support: both rungs are dropped, so the first rung
+    // needed stops the run.
     let config = ControllerConfig::default()
         .with_ring(RingConfig { ages: vec![] })
         .with_ladder(LadderConfig {
@@ -307,40 +308,68 @@ fn rungs_that_cannot_act_pass_to_the_next_and_an_empty_ladder_stops() {
             cooldown: 5,
         });
     let mut p = started(&config, Mode::Enforce, Some(1.0));
+    assert!(p.rungs().is_empty());
+    let dropped = p.dropped_rungs();
+    assert_eq!(
+        dropped.iter().map(|(rung, _)| *rung).collect::<Vec<_>>(),
+        vec![Rung::Rewind, Rung::ResetOptimizer]
+    );
+    assert!(dropped[0].1.contains("rewind"), "{dropped:?}");
+    assert!(dropped[1].1.contains("reset"), "{dropped:?}");
     measured(&mut p, None, 0.9);
     let (d, _) = measured(&mut p, None, 50.0);
     assert_eq!(d, Directive::Restore);
     let (d, done) = measured(&mut p, None, 50.0);
     assert_eq!(d, Directive::Stop);
     assert_eq!(done.action, Action::Stop);
+    assert_eq!(done.record.unwrap().rung, None, "no rung fired");
     let why = p.exhausted().unwrap().clone();
     assert_eq!(why.step, 2);
     assert_eq!(why.last_accepted_position, 1);
-    assert_eq!(why.rungs, 2);
+    assert_eq!(why.rungs, 0);
+    assert!(matches!(
+        why.reason,
+        Some(RejectionReason::InnovationAboveThreshold { .. })
+    ));
+    let message = why.to_string();
     assert!(
-        why.to_string().contains("recovery exhausted at step 2"),
-        "{why}"
+        message.contains("recovery exhausted at step 2"),
+        "{message}"
     );
+    assert!(message.contains("(the last: innovation"), "{message}");
+    assert!(message.contains("after all 0 rungs"), "{message}");
     assert!(matches!(p.begin_step(None), Err(StabError::Stopped(_))));
-    assert_eq!(p.counters().escalations, 2);
+    assert_eq!(p.counters().escalations, 0, "dropped rungs never count");
 
-    // The same ladder with reset support resets instead of stopping.
+    // The same ladder with reset support: one rung, the reset, fired as rung 1.
     let mut p = StepProtocol::new(&config, Mode::Enforce, Some(1.0))
         .unwrap()
         .with_optimizer_reset(true);
+    assert_eq!(p.rungs(), &[Rung::ResetOptimizer]);
+    assert_eq!(p.dropped_rungs().len(), 1);
     p.start().unwrap();
     p.complete(Completion::default()).unwrap();
     measured(&mut p, None, 0.9);
     measured(&mut p, None, 50.0);
     let (d, done) = measured(&mut p, None, 50.0);
     assert_eq!(d, Directive::ResetOptimizer);
-    assert_eq!(done.record.unwrap().rung, Some(2));
+    assert_eq!(done.record.unwrap().rung, Some(1));
     assert_eq!(p.counters().optimizer_resets, 1);
+    assert_eq!(p.counters().escalations, 1);
     assert_eq!(
         p.slot_positions()[0],
         Some(3),
         "the reset state is the new current one"
     );
+    // Taking reset support away drops the rung again; the ladder off drops nothing.
+    p.set_optimizer_reset(false);
+    assert!(p.rungs().is_empty());
+    let off = config.clone().with_ladder(LadderConfig {
+        enabled: false,
+        ..config.ladder.clone()
+    });
+    let p = StepProtocol::new(&off, Mode::Enforce, Some(1.0)).unwrap();
+    assert!(p.dropped_rungs().is_empty());
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use plotters::style::RGBColor;
+use plotters::style::{BLACK, RGBColor};
 
 use crate::error::XtaskError;
 use crate::reproduce::metrics::{FailureWindow, per_step_band};
@@ -64,7 +64,7 @@ fn finite(v: f64) -> Option<f64> {
 pub fn draw_all(
     runs: &[RunLog],
     window: FailureWindow,
-    epsilon: f64,
+    epsilon: Option<f64>,
     data: &str,
     dir: &Path,
 ) -> Result<Vec<PathBuf>, XtaskError> {
@@ -110,14 +110,24 @@ pub fn draw_all(
                 series: present(ModelKind::Resnet18, &[Arm::Controlled, Arm::ProbeOnly])
                     .into_iter()
                     .take(1)
-                    .map(|arm| {
-                        band_series(runs, ModelKind::Resnet18, arm, false, |s| {
+                    .flat_map(|arm| {
+                        let innovation = band_series(runs, ModelKind::Resnet18, arm, false, |s| {
                             s.innovation.and_then(finite)
-                        })
+                        });
+                        // A scale-free ε moves with the run: draw it beside ν.
+                        let threshold = epsilon.is_none().then(|| Series {
+                            label: "its threshold ε_t (mean)".into(),
+                            color: BLACK,
+                            band: Vec::new(),
+                            ..band_series(runs, ModelKind::Resnet18, arm, false, |s| {
+                                s.threshold.and_then(finite)
+                            })
+                        });
+                        std::iter::once(innovation).chain(threshold)
                     })
                     .collect(),
                 window: window_span(window),
-                hline: Some((epsilon, format!("threshold ε = {epsilon}"))),
+                hline: epsilon.map(|e| (e, format!("threshold ε = {e}"))),
             },
             &dir.join("fig3_resnet18_innovation"),
         )?);

@@ -315,6 +315,7 @@ mod tests {
                     rung: None,
                     fault: (12..14).contains(&i),
                     grad_norm: None,
+                    update_norm: None,
                     param_norm: 1.0,
                     step_seconds: 1.0,
                     control_seconds: 0.05,

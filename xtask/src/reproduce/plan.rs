@@ -60,8 +60,9 @@ pub struct Plan {
     pub zeta: f64,
     /// What fails.
     pub fault_kind: FaultChoice,
-    /// ε of the probe controller.
-    pub epsilon: f64,
+    /// An absolute ε for the probe controller (`None`: stab's scale-free default; the
+    /// Algorithm 1 arm then uses the paper's ε = 0.5).
+    pub epsilon: Option<f64>,
     /// α of the probe controller.
     pub alpha: f64,
     /// z threshold of the loss-spike arm.
@@ -146,7 +147,7 @@ impl Plan {
         }
         plan.data_dir = a.data_dir;
         if let Some(v) = a.epsilon {
-            plan.epsilon = v;
+            plan.epsilon = Some(v);
         }
         if let Some(v) = a.alpha {
             plan.alpha = v;
@@ -199,7 +200,7 @@ impl Plan {
             fault_len: 10,
             zeta: 300.0,
             fault_kind: FaultChoice::GradientScale,
-            epsilon: 0.5,
+            epsilon: None,
             alpha: 0.1,
             loss_spike_threshold: 3.0,
             loss_spike_window: 20,
@@ -290,12 +291,10 @@ impl Plan {
         if self.steps < 2 {
             return bad("--steps", self.steps.to_string(), "at least 2 steps");
         }
-        if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
-            return bad(
-                "--epsilon",
-                self.epsilon.to_string(),
-                "must be finite and > 0",
-            );
+        if let Some(epsilon) = self.epsilon
+            && !(epsilon.is_finite() && epsilon > 0.0)
+        {
+            return bad("--epsilon", epsilon.to_string(), "must be finite and > 0");
         }
         if !(self.alpha > 0.0 && self.alpha < 1.0) {
             return bad("--alpha", self.alpha.to_string(), "must lie in (0, 1)");
@@ -401,7 +400,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(plan.seeds, 3);
-        assert_eq!(plan.epsilon, 0.2);
+        assert_eq!(plan.epsilon, Some(0.2));
         assert_eq!(plan.models, vec![ModelKind::Transformer]);
         assert_eq!(parse(&[]).unwrap().preset, "cpu");
     }

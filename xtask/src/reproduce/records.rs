@@ -144,6 +144,10 @@ pub struct StepLog {
     /// Global ℓ2 norm of this step's (possibly faulted) gradient: what the gradient gate judges.
     #[serde(default)]
     pub grad_norm: Option<f64>,
+    /// Size of the proposed update ‖θ_prop − θ_t‖: what the update gate judges (measured steps
+    /// of arms with the update gate on).
+    #[serde(default)]
+    pub update_norm: Option<f64>,
     /// ℓ2 norm of all parameters of the state carried forward.
     #[serde(deserialize_with = "nan_if_null")]
     pub param_norm: f64,
@@ -285,6 +289,7 @@ mod tests {
             rung: (t == 1).then_some(2),
             fault: false,
             grad_norm: Some(3.5),
+            update_norm: Some(0.02),
             param_norm: 2.0,
             step_seconds: 0.01,
             control_seconds: 0.001,

@@ -81,8 +81,14 @@ pub fn render(
     );
     let _ = writeln!(
         md,
-        "- Controller: ε = {}, α = {}; loss-spike arm: z > {} over a window of {} accepted losses",
-        plan.epsilon, plan.alpha, plan.loss_spike_threshold, plan.loss_spike_window
+        "- Controller: ε {}, α = {}; loss-spike arm: z > {} over a window of {} accepted losses",
+        plan.epsilon.map_or_else(
+            || "scale-free (stab's default; Algorithm 1 arm: the paper's 0.5)".to_owned(),
+            |e| format!("= {e}")
+        ),
+        plan.alpha,
+        plan.loss_spike_threshold,
+        plan.loss_spike_window
     );
     let _ = writeln!(
         md,

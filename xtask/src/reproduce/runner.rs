@@ -184,9 +184,8 @@ impl Workload {
 /// a controller would, for the figures, but keeps every proposal). The clean arm runs stab's
 /// defaults without the fault: every rollback there is a false positive.
 fn guard_config(plan: &Plan, arm: Arm) -> GuardConfig {
-    let stab = ControllerConfig::default()
-        .with_epsilon(plan.epsilon)
-        .with_alpha(plan.alpha);
+    let mut stab = ControllerConfig::default().with_alpha(plan.alpha);
+    stab.epsilon = plan.epsilon;
     match arm {
         Arm::Baseline => GuardConfig::default()
             .with_controller(stab)
@@ -195,7 +194,7 @@ fn guard_config(plan: &Plan, arm: Arm) -> GuardConfig {
         Arm::ProbeOnly => GuardConfig::default().with_controller(stab.with_gradient_gate(false)),
         Arm::Algorithm1 => GuardConfig::default().with_controller(
             ControllerConfig::algorithm_1()
-                .with_epsilon(plan.epsilon)
+                .with_epsilon(plan.epsilon.unwrap_or(stab_core::PAPER_EPSILON))
                 .with_alpha(plan.alpha),
         ),
         Arm::LossRollback => GuardConfig::default().with_controller(
@@ -326,6 +325,7 @@ where
             rung: record.and_then(|r| r.rung),
             fault: faults.is_active(step),
             grad_norm,
+            update_norm: report.update_norm,
             param_norm: param_l2_norm(&model.valid()),
             step_seconds: (forward_backward + timings.optimizer).as_secs_f64(),
             control_seconds: control_time(arm, &timings).as_secs_f64(),

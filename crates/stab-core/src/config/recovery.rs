@@ -61,31 +61,46 @@ impl Default for DriftConfig {
     }
 }
 
-/// A pre-step gate on the gradient norm: a gradient whose norm has a z-score above `z` against
-/// the norms of accepted steps (the last `window`) is rejected before the optimizer folds it into
-/// its state. Rejected norms never enter the statistics. The spread is floored at
-/// `min_relative_spread · mean` so that a run with very steady gradients does not reject noise.
-/// After `patience` gate rejections in a row the next gradient is let through to the optimizer
-/// and the probe, so the gate alone can never freeze a run whose gradients changed for good.
+/// A gate on a norm that must not jump: the gradient's (before the optimizer folds it into its
+/// state) or the update's (‖θ_prop − θ_t‖, after the optimizer proposed it). A norm far above the
+/// norms of accepted steps is rejected. Rejected norms never enter the statistics.
 ///
-/// The default limit, z = 12, aims at blow-ups (a ×300 gradient scores z > 1000 on the `cpu`
-/// reproduction), not at ordinary outlier batches, which the probe judges by their effect: the
-/// largest z of a nominal step seen there was 9.6 (a 3.6× gradient at step 49 of a clean
-/// ResNet-18 run). OLMo-core's skip-step optimizer uses 6σ over 128 steps.
+/// The gate works from its first handful of steps, in two stages:
+/// - **young** (`min_history` ≤ accepted norms < `warmup`): a norm more than `early_ratio` times
+///   the median of the accepted norms is rejected. A median of three values is already robust to
+///   one outlier, and a ratio needs no spread estimate, so this stage can start almost at once; it
+///   is generous because early training legitimately changes its norms by small factors.
+/// - **warm** (≥ `warmup` accepted norms): a z-score above `z` against the last `window` accepted
+///   norms is rejected. The spread is floored at `min_relative_spread · mean` so that a run with
+///   very steady norms does not reject noise.
+///
+/// Both statistics are ratios of norms, so the gate does not depend on the norms' unit. Before
+/// `min_history` accepted norms only non-finite norms are rejected. After `patience` gate
+/// rejections in a row the next one is let through (to the optimizer and the probe), so the gate
+/// alone can never freeze a run whose norms changed for good.
+///
+/// The default limit of the gradient gate, z = 12, aims at blow-ups (a ×300 gradient scores
+/// z > 1000 on the `cpu` reproduction), not at ordinary outlier batches, which the probe judges by
+/// their effect: the largest z of a nominal step seen there was 9.6 (a 3.6× gradient at step 49 of
+/// a clean ResNet-18 run). OLMo-core's skip-step optimizer uses 6σ over 128 steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GateConfig {
-    /// Run the gate (needs the driver to supply each step's gradient norm).
+    /// Run the gate (needs the driver to supply the norm; without it the gate is not consulted).
     pub enabled: bool,
-    /// Accepted gradient norms kept.
+    /// Accepted norms kept.
     pub window: usize,
-    /// Accepted norms needed before the gate is armed.
+    /// Accepted norms needed before the z-test takes over from the ratio test.
     pub warmup: usize,
-    /// z-score above which a gradient is rejected.
+    /// z-score above which a norm is rejected once warm.
     pub z: f64,
     /// Floor of the spread, as a fraction of the mean norm.
     pub min_relative_spread: f64,
-    /// Gate rejections in a row after which one gradient is let through.
+    /// Accepted norms needed before the young ratio test is armed (≥ 1).
+    pub min_history: usize,
+    /// While young: the largest ratio of a norm to the median of accepted norms that passes.
+    pub early_ratio: f64,
+    /// Gate rejections in a row after which one norm is let through.
     pub patience: u64,
 }
 
@@ -97,7 +112,70 @@ impl Default for GateConfig {
             warmup: 32,
             z: 12.0,
             min_relative_spread: 0.1,
+            min_history: 3,
+            early_ratio: 10.0,
             patience: 16,
+        }
+    }
+}
+
+impl GateConfig {
+    /// The default gate on the size of the update ‖θ_prop − θ_t‖ (see
+    /// [`crate::ControllerConfig::update_gate`]): as the gradient gate, with a wider spread floor,
+    /// since adaptive optimizers keep their update sizes within a narrow band and a nominal step
+    /// may still double it.
+    pub fn update_default() -> Self {
+        Self {
+            min_relative_spread: 0.25,
+            ..Self::default()
+        }
+    }
+}
+
+/// How the acceptance threshold ε follows the scale of the measurements when
+/// [`crate::ControllerConfig::epsilon`] is `None` (the default).
+///
+/// At each decision
+///
+/// `ε_t = max(spread_multiple · s_t, r_t · |ŷ_t|, floor_fraction · |y₀|)`
+///
+/// where `s_t` is the normal-consistent median absolute deviation of the innovations of the last
+/// `window` accepted proposals (used once `warmup` of them are held), `r_t` is `relative_floor`
+/// once warm and `young_relative_floor` before, ŷ_t is the reference and y₀ the first
+/// measurement. Every term scales with the measurements, so multiplying every measurement by
+/// c > 0 multiplies ε by c and leaves every decision as it was: the rule has no unit.
+///
+/// The relative floor decides while the run is young (no spread yet) and keeps a smooth run
+/// (spread ≈ 0) from rejecting rounding; the spread term widens ε for a noisy signal, as a
+/// z-score would. Each ε_t is the threshold of that step's record, so the safety monitor checks
+/// Theorem 7.3 and Proposition 7.5 with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AcceptanceConfig {
+    /// Accepted innovations kept for the spread.
+    pub window: usize,
+    /// Accepted innovations needed before the spread term is used and the floor drops to
+    /// `relative_floor`.
+    pub warmup: usize,
+    /// Multiple of the spread s_t in ε_t.
+    pub spread_multiple: f64,
+    /// Fraction of |ŷ| in ε_t once warm.
+    pub relative_floor: f64,
+    /// Fraction of |ŷ| in ε_t while young.
+    pub young_relative_floor: f64,
+    /// Fraction of |y₀| below which ε never falls (a measurement that tends to 0).
+    pub floor_fraction: f64,
+}
+
+impl Default for AcceptanceConfig {
+    fn default() -> Self {
+        Self {
+            window: 64,
+            warmup: 16,
+            spread_multiple: 8.0,
+            relative_floor: 0.5,
+            young_relative_floor: 0.5,
+            floor_fraction: 1e-3,
         }
     }
 }
@@ -237,11 +315,90 @@ impl GateConfig {
     /// # Errors
     /// The first bad field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        count("gate.window", self.window as u64, 2, MAX_WINDOW as u64)?;
-        count("gate.warmup", self.warmup as u64, 2, self.window as u64)?;
-        positive("gate.z", self.z)?;
-        non_negative("gate.min_relative_spread", self.min_relative_spread)?;
-        count("gate.patience", self.patience, 1, MAX_LADDER_COUNT)
+        self.validate_as(&GRADIENT_GATE_FIELDS)
+    }
+
+    /// Checks every field, naming them as `names` says (`gate.…` or `update_gate.…`).
+    ///
+    /// # Errors
+    /// The first bad field.
+    pub(crate) fn validate_as(&self, names: &GateFieldNames) -> Result<(), ConfigError> {
+        count(names.window, self.window as u64, 2, MAX_WINDOW as u64)?;
+        count(names.warmup, self.warmup as u64, 2, self.window as u64)?;
+        positive(names.z, self.z)?;
+        non_negative(names.min_relative_spread, self.min_relative_spread)?;
+        count(
+            names.min_history,
+            self.min_history as u64,
+            1,
+            MAX_WINDOW as u64,
+        )?;
+        if !(self.early_ratio.is_finite() && self.early_ratio > 1.0) {
+            return Err(ConfigError::NotAbove {
+                field: names.early_ratio,
+                value: self.early_ratio,
+                bound: 1.0,
+            });
+        }
+        count(names.patience, self.patience, 1, MAX_LADDER_COUNT)
+    }
+}
+
+/// The names a gate's fields have in errors (configuration errors carry static names).
+pub(crate) struct GateFieldNames {
+    window: &'static str,
+    warmup: &'static str,
+    z: &'static str,
+    min_relative_spread: &'static str,
+    min_history: &'static str,
+    early_ratio: &'static str,
+    patience: &'static str,
+}
+
+/// The gradient gate's field names.
+pub(crate) const GRADIENT_GATE_FIELDS: GateFieldNames = GateFieldNames {
+    window: "gate.window",
+    warmup: "gate.warmup",
+    z: "gate.z",
+    min_relative_spread: "gate.min_relative_spread",
+    min_history: "gate.min_history",
+    early_ratio: "gate.early_ratio",
+    patience: "gate.patience",
+};
+
+/// The update gate's field names.
+pub(crate) const UPDATE_GATE_FIELDS: GateFieldNames = GateFieldNames {
+    window: "update_gate.window",
+    warmup: "update_gate.warmup",
+    z: "update_gate.z",
+    min_relative_spread: "update_gate.min_relative_spread",
+    min_history: "update_gate.min_history",
+    early_ratio: "update_gate.early_ratio",
+    patience: "update_gate.patience",
+};
+
+impl AcceptanceConfig {
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// The first bad field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        count(
+            "acceptance.window",
+            self.window as u64,
+            2,
+            MAX_WINDOW as u64,
+        )?;
+        count(
+            "acceptance.warmup",
+            self.warmup as u64,
+            2,
+            self.window as u64,
+        )?;
+        non_negative("acceptance.spread_multiple", self.spread_multiple)?;
+        positive("acceptance.relative_floor", self.relative_floor)?;
+        positive("acceptance.young_relative_floor", self.young_relative_floor)?;
+        non_negative("acceptance.floor_fraction", self.floor_fraction)
     }
 }
 

@@ -1,30 +1,49 @@
+use serde::{Deserialize, Serialize};
+
 use super::Window;
 use crate::config::GateConfig;
 
-/// What the gate says about a gradient.
+/// Which statistic a gate judged a norm by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GateTest {
+    /// The z-score against the accepted norms (a warm gate).
+    #[default]
+    ZScore,
+    /// The ratio to the median of the accepted norms (a young gate).
+    MedianRatio,
+    /// The norm is not finite (rejected at any age).
+    NonFinite,
+}
+
+/// What a gate says about a norm.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum GateVerdict {
-    /// Let the optimizer take it (also while the gate is warming up).
+    /// Let it through (also before the gate has seen enough accepted norms).
     Pass,
-    /// Reject it before the optimizer folds it into its state.
+    /// Reject it.
     Reject {
-        /// The gradient's norm (non-finite norms are always rejected).
+        /// The norm (non-finite norms are always rejected).
         norm: f64,
-        /// Its z-score against accepted norms (∞ for a non-finite norm).
-        z: f64,
-        /// The z-score limit in force.
+        /// Its score: the z-score or the ratio to the median, as `test` says (∞ for a
+        /// non-finite norm).
+        score: f64,
+        /// The limit of that score in force.
         limit: f64,
+        /// The statistic that judged it.
+        test: GateTest,
     },
 }
 
-/// The pre-step gradient-norm gate (see [`GateConfig`]).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct GradientGate {
+/// A gate on a norm that must not jump (see [`GateConfig`]): the gradient gate before the
+/// optimizer step, the update gate after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NormGate {
     config: GateConfig,
     window: Window,
 }
 
-impl GradientGate {
+impl NormGate {
     /// A gate with nothing seen yet.
     pub fn new(config: &GateConfig) -> Self {
         Self {
@@ -33,24 +52,37 @@ impl GradientGate {
         }
     }
 
-    /// `true` once enough accepted norms have been seen.
+    /// `true` once enough accepted norms have been seen for the z-test.
     pub fn armed(&self) -> bool {
         self.window.len() >= self.config.warmup
     }
 
-    /// The verdict on a gradient of norm `norm`.
+    /// `true` once enough accepted norms have been seen for any test (young or warm).
+    pub fn watching(&self) -> bool {
+        self.window.len() >= self.config.min_history
+    }
+
+    /// The verdict on a norm.
     pub fn check(&self, norm: f64) -> GateVerdict {
-        let limit = self.config.z;
         if !norm.is_finite() {
             return GateVerdict::Reject {
                 norm,
-                z: f64::INFINITY,
-                limit,
+                score: f64::INFINITY,
+                limit: self.config.z,
+                test: GateTest::NonFinite,
             };
         }
-        if !self.armed() {
-            return GateVerdict::Pass;
+        if self.armed() {
+            return self.z_test(norm);
         }
+        if self.watching() {
+            return self.ratio_test(norm);
+        }
+        GateVerdict::Pass
+    }
+
+    fn z_test(&self, norm: f64) -> GateVerdict {
+        let limit = self.config.z;
         let Some((mean, std)) = self.window.mean_and_std() else {
             return GateVerdict::Pass;
         };
@@ -58,15 +90,41 @@ impl GradientGate {
         if spread <= 0.0 {
             return GateVerdict::Pass;
         }
-        let z = (norm - mean) / spread;
-        if z > limit {
-            GateVerdict::Reject { norm, z, limit }
+        let score = (norm - mean) / spread;
+        if score > limit {
+            GateVerdict::Reject {
+                norm,
+                score,
+                limit,
+                test: GateTest::ZScore,
+            }
         } else {
             GateVerdict::Pass
         }
     }
 
-    /// Folds in the norm of a gradient whose step was accepted.
+    fn ratio_test(&self, norm: f64) -> GateVerdict {
+        let limit = self.config.early_ratio;
+        let Some((median, _)) = self.window.median_and_spread() else {
+            return GateVerdict::Pass;
+        };
+        if median <= 0.0 {
+            return GateVerdict::Pass;
+        }
+        let score = norm / median;
+        if score > limit {
+            GateVerdict::Reject {
+                norm,
+                score,
+                limit,
+                test: GateTest::MedianRatio,
+            }
+        } else {
+            GateVerdict::Pass
+        }
+    }
+
+    /// Folds in the norm of a step that was accepted.
     pub fn accept(&mut self, norm: f64) {
         if norm.is_finite() {
             self.window.push(norm);
@@ -78,20 +136,32 @@ impl GradientGate {
 mod tests {
     use super::*;
 
-    fn warmed() -> GradientGate {
-        let mut g = GradientGate::new(&GateConfig::default());
+    fn warmed() -> NormGate {
+        let mut g = NormGate::new(&GateConfig::default());
         for i in 0..32 {
             g.accept(1.0 + 0.01 * f64::from(i % 5));
         }
         g
     }
 
+    fn rejected(verdict: GateVerdict) -> Option<(f64, GateTest)> {
+        match verdict {
+            GateVerdict::Reject { score, test, .. } => Some((score, test)),
+            GateVerdict::Pass => None,
+        }
+    }
+
     #[test]
-    fn passes_while_warming_up_but_rejects_non_finite_norms() {
-        let g = GradientGate::new(&GateConfig::default());
+    fn passes_before_any_history_but_rejects_non_finite_norms() {
+        let g = NormGate::new(&GateConfig::default());
+        assert!(!g.watching() && !g.armed());
         assert_eq!(g.check(1e9), GateVerdict::Pass);
-        assert!(matches!(g.check(f64::NAN), GateVerdict::Reject { .. }));
-        assert!(matches!(g.check(f64::INFINITY), GateVerdict::Reject { .. }));
+        for norm in [f64::NAN, f64::INFINITY] {
+            assert_eq!(
+                rejected(g.check(norm)),
+                Some((f64::INFINITY, GateTest::NonFinite))
+            );
+        }
     }
 
     #[test]
@@ -104,14 +174,19 @@ mod tests {
             "one-sided: small gradients pass"
         );
         match g.check(300.0) {
-            GateVerdict::Reject { z, limit, .. } => assert!(z > limit),
+            GateVerdict::Reject {
+                score, limit, test, ..
+            } => {
+                assert!(score > limit);
+                assert_eq!(test, GateTest::ZScore);
+            }
             GateVerdict::Pass => panic!("a 300x gradient must be rejected"),
         }
     }
 
     #[test]
     fn the_spread_floor_keeps_steady_runs_from_rejecting_noise() {
-        let mut g = GradientGate::new(&GateConfig::default());
+        let mut g = NormGate::new(&GateConfig::default());
         for _ in 0..32 {
             g.accept(1.0);
         }
@@ -121,21 +196,55 @@ mod tests {
     }
 
     #[test]
-    fn an_unarmed_gate_passes_any_finite_norm_and_the_floor_scales_with_the_mean() {
-        let mut g = GradientGate::new(&GateConfig::default());
-        for _ in 0..3 {
-            g.accept(1.0);
-        }
-        assert!(!g.armed());
+    fn a_young_gate_judges_the_ratio_to_the_median_from_its_third_norm() {
+        let mut g = NormGate::new(&GateConfig::default());
+        g.accept(4.0);
+        g.accept(4.0);
+        assert!(!g.watching());
+        assert_eq!(g.check(1200.0), GateVerdict::Pass, "two norms: not yet");
+        g.accept(100.0);
+        assert!(g.watching() && !g.armed());
+        // Median 4 (robust to the one outlier among three): limit 10 · 4 = 40.
+        assert_eq!(g.check(40.0), GateVerdict::Pass, "ratio 10 is not above 10");
         assert_eq!(
-            g.check(1e9),
-            GateVerdict::Pass,
-            "3 norms of 32: still warming up"
+            rejected(g.check(40.5)),
+            Some((40.5 / 4.0, GateTest::MedianRatio))
         );
-        let mut g = GradientGate::new(&GateConfig::default());
-        for _ in 0..32 {
+        assert_eq!(
+            rejected(g.check(1200.0)),
+            Some((300.0, GateTest::MedianRatio))
+        );
+        assert_eq!(g.check(0.001), GateVerdict::Pass, "one-sided");
+    }
+
+    #[test]
+    fn a_zero_median_or_mean_passes_instead_of_dividing_by_zero() {
+        let mut g = NormGate::new(&GateConfig::default());
+        for _ in 0..3 {
+            g.accept(0.0);
+        }
+        assert_eq!(g.check(5.0), GateVerdict::Pass);
+        for _ in 0..29 {
+            g.accept(0.0);
+        }
+        assert!(g.armed());
+        assert_eq!(g.check(5.0), GateVerdict::Pass);
+    }
+
+    #[test]
+    fn the_z_test_takes_over_at_warmup_and_the_floor_scales_with_the_mean() {
+        let mut g = NormGate::new(&GateConfig::default());
+        for _ in 0..31 {
             g.accept(10.0);
         }
+        assert!(!g.armed());
+        // Young: ratio limit 10 → 100 passes, 101 does not.
+        assert_eq!(g.check(100.0), GateVerdict::Pass);
+        assert!(matches!(
+            rejected(g.check(101.0)),
+            Some((_, GateTest::MedianRatio))
+        ));
+        g.accept(10.0);
         assert!(g.armed());
         // Floor 0.1 · 10 = 1: z = 11 for 21, 13 for 23.
         assert_eq!(g.check(21.0), GateVerdict::Pass);
@@ -144,6 +253,20 @@ mod tests {
             GateVerdict::Pass,
             "z = 12 exactly is not above the limit"
         );
-        assert!(matches!(g.check(23.0), GateVerdict::Reject { .. }));
+        assert_eq!(rejected(g.check(23.0)), Some((13.0, GateTest::ZScore)));
+    }
+
+    #[test]
+    fn the_verdict_does_not_depend_on_the_unit_of_the_norms() {
+        for scale in [1e-6, 0.5, 1.0, 2.0, 1e6] {
+            let mut g = NormGate::new(&GateConfig::default());
+            for (i, v) in [4.0, 3.5, 4.2, 3.9].into_iter().enumerate() {
+                g.accept(v * scale);
+                if i >= 2 {
+                    assert_eq!(g.check(30.0 * scale), GateVerdict::Pass);
+                    assert!(matches!(g.check(60.0 * scale), GateVerdict::Reject { .. }));
+                }
+            }
+        }
     }
 }

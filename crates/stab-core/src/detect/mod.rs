@@ -1,11 +1,13 @@
-//! Detectors that add reasons to reject beside `ν ≤ ε`: a CUSUM drift detector over accepted
-//! innovations, and a pre-step gate on the gradient norm. Both keep statistics of accepted steps
-//! only (a rejected value never shifts what counts as nominal), in bounded windows.
+//! Detectors that set or add reasons to reject beside `ν ≤ ε`: the scale-free threshold ε_t, a
+//! CUSUM drift detector over accepted innovations, and gates on the gradient's and the update's
+//! norms. All keep statistics of accepted steps only (a rejected value never shifts what counts as nominal), in bounded windows.
 
+mod acceptance;
 mod drift;
 mod gate;
 mod window;
 
+pub use acceptance::ScaleFreeThreshold;
 pub use drift::{DriftAlarm, DriftDetector};
-pub use gate::{GateVerdict, GradientGate};
+pub use gate::{GateTest, GateVerdict, NormGate};
 pub use window::Window;

@@ -9,6 +9,9 @@ use crate::config::{LadderConfig, Rung};
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Ladder {
     config: LadderConfig,
+    /// The rungs this driver can carry out, lowest first (the configuration's, less those
+    /// dropped by [`Ladder::keep_rungs`]).
+    rungs: Vec<Rung>,
     level: u32,
     recent: std::collections::VecDeque<bool>,
     accepted: u64,
@@ -19,11 +22,29 @@ impl Ladder {
     pub fn new(config: &LadderConfig) -> Self {
         Self {
             config: config.clone(),
+            rungs: config.rungs.clone(),
             level: 0,
             recent: std::collections::VecDeque::new(),
             accepted: 0,
             last_rewind: None,
         }
+    }
+
+    /// Keeps the configuration's rungs for which `usable` holds (a driver that cannot reset its
+    /// optimizer, a ring with no rewind target): a rung that cannot act is not on the ladder.
+    pub fn keep_rungs(&mut self, usable: impl Fn(Rung) -> bool) {
+        self.rungs = self
+            .config
+            .rungs
+            .iter()
+            .copied()
+            .filter(|&r| usable(r))
+            .collect();
+    }
+
+    /// The rungs on the ladder, lowest first.
+    pub fn rungs(&self) -> &[Rung] {
+        &self.rungs
     }
 
     /// Rungs fired and not yet cooled down.
@@ -82,7 +103,7 @@ impl Ladder {
         self.recent.clear();
         self.level = self.level.saturating_add(1);
         let index = usize::try_from(self.level - 1).ok()?;
-        self.config.rungs.get(index).map(|&rung| (self.level, rung))
+        self.rungs.get(index).map(|&rung| (self.level, rung))
     }
 }
 
@@ -110,6 +131,17 @@ mod tests {
         assert!(l.on_reject());
         assert_eq!(l.climb(), Some((2, Rung::ResetOptimizer)));
         assert_eq!(l.climb(), None);
+    }
+
+    #[test]
+    fn dropped_rungs_are_not_climbed() {
+        let mut l = ladder();
+        l.keep_rungs(|rung| rung != Rung::ResetOptimizer);
+        assert_eq!(l.rungs(), &[Rung::Rewind]);
+        assert_eq!(l.climb(), Some((1, Rung::Rewind)));
+        assert_eq!(l.climb(), None, "the reset rung is gone");
+        l.keep_rungs(|_| true);
+        assert_eq!(l.rungs(), &[Rung::Rewind, Rung::ResetOptimizer]);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ControllerConfig, Rung};
 use crate::controller::{Controller, Counters};
 use crate::decision::{Decision, RejectionReason};
-use crate::detect::{DriftDetector, GateVerdict, GradientGate};
+use crate::detect::{DriftDetector, GateVerdict, NormGate, ScaleFreeThreshold};
 use crate::error::StabError;
 use crate::monitor::{SafetyMonitor, SafetyViolation};
 use crate::record::{Action, StepRecord};
@@ -133,7 +133,9 @@ pub struct RecoveryExhausted {
     pub step: u64,
     /// Rejections in a row at that point.
     pub consecutive_rejections: u64,
-    /// Rungs the ladder had.
+    /// The rule that rejected the last proposal.
+    pub reason: Option<RejectionReason>,
+    /// Rungs the ladder had (those this driver can carry out).
     pub rungs: usize,
     /// Position of the last accepted state, which the driver holds.
     pub last_accepted_position: u64,
@@ -143,9 +145,17 @@ impl std::fmt::Display for RecoveryExhausted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "recovery exhausted at step {}: {} rejections in a row after all {} rungs of the \
-             escalation ladder; the last accepted state (position {}) is kept",
-            self.step, self.consecutive_rejections, self.rungs, self.last_accepted_position
+            "recovery exhausted at step {}: {} rejections in a row",
+            self.step, self.consecutive_rejections
+        )?;
+        if let Some(reason) = &self.reason {
+            write!(f, " (the last: {reason})")?;
+        }
+        write!(
+            f,
+            " after all {} rungs of the escalation ladder; the last accepted state (position {}) \
+             is kept",
+            self.rungs, self.last_accepted_position
         )
     }
 }
@@ -189,12 +199,15 @@ pub struct StepProtocol {
     controller: Option<Controller>,
     monitor: Option<SafetyMonitor>,
     drift: Option<DriftDetector>,
-    gate: Option<GradientGate>,
+    gate: Option<NormGate>,
+    update_gate: Option<NormGate>,
+    acceptance: Option<ScaleFreeThreshold>,
     ring: Ring,
     ladder: Ladder,
     step: u64,
     phase: Phase,
     gate_streak: u64,
+    update_streak: u64,
     step_norm: Option<f64>,
     unprobed_norms: Vec<f64>,
     exhausted: Option<RecoveryExhausted>,
@@ -223,16 +236,23 @@ impl StepProtocol {
                 .drift
                 .enabled
                 .then(|| DriftDetector::new(&config.drift)),
-            gate: config.gate.enabled.then(|| GradientGate::new(&config.gate)),
+            gate: config.gate.enabled.then(|| NormGate::new(&config.gate)),
+            update_gate: config
+                .update_gate
+                .enabled
+                .then(|| NormGate::new(&config.update_gate)),
+            acceptance: None,
             ring: Ring::new(&config.ring),
             ladder: Ladder::new(&config.ladder),
             step: 0,
             phase: Phase::Unstarted,
             gate_streak: 0,
+            update_streak: 0,
             step_norm: None,
             unprobed_norms: Vec::new(),
             exhausted: None,
         };
+        protocol.keep_usable_rungs();
         if let Some(y0) = initial_measurement {
             protocol.start_controller(y0)?;
         }
@@ -249,6 +269,49 @@ impl StepProtocol {
     /// [`StepProtocol::with_optimizer_reset`] on a protocol already in place (a driver's field).
     pub fn set_optimizer_reset(&mut self, supported: bool) {
         self.can_reset_optimizer = supported;
+        self.keep_usable_rungs();
+    }
+
+    /// The rungs of the escalation ladder this driver can carry out, lowest first: the
+    /// configuration's, less [`Rung::ResetOptimizer`] when the driver cannot reset its optimizer
+    /// and less [`Rung::Rewind`] when the ring keeps no snapshot to rewind to. A rung dropped is
+    /// never climbed nor counted; [`StepProtocol::dropped_rungs`] says which and why.
+    pub fn rungs(&self) -> &[Rung] {
+        self.ladder.rungs()
+    }
+
+    /// The configured rungs this protocol dropped from its ladder, each with why.
+    pub fn dropped_rungs(&self) -> Vec<(Rung, &'static str)> {
+        if !self.config.ladder.enabled {
+            return Vec::new();
+        }
+        self.config
+            .ladder
+            .rungs
+            .iter()
+            .filter_map(|&rung| self.unusable(rung).map(|why| (rung, why)))
+            .collect()
+    }
+
+    /// Why a rung cannot act with this driver and ring, if it cannot.
+    fn unusable(&self, rung: Rung) -> Option<&'static str> {
+        match rung {
+            Rung::ResetOptimizer if !self.can_reset_optimizer => {
+                Some("the driver cannot reset its optimizer's state")
+            }
+            Rung::Rewind if self.config.ring.ages.is_empty() => {
+                Some("the snapshot ring keeps no older state to rewind to")
+            }
+            _ => None,
+        }
+    }
+
+    fn keep_usable_rungs(&mut self) {
+        let (can_reset, can_rewind) = (self.can_reset_optimizer, !self.config.ring.ages.is_empty());
+        self.ladder.keep_rungs(|rung| match rung {
+            Rung::ResetOptimizer => can_reset,
+            Rung::Rewind => can_rewind,
+        });
     }
 
     /// Turns the runtime safety monitor off (it is cheap; this exists for benchmarks). Restores
@@ -272,10 +335,29 @@ impl StepProtocol {
 
     fn start_controller(&mut self, y0: f64) -> Result<(), StabError> {
         self.controller = Some(Controller::from_config(&self.config, y0)?);
+        if self.config.scale_free() {
+            self.acceptance = Some(ScaleFreeThreshold::new(&self.config.acceptance, y0));
+        }
+        self.refresh_threshold();
         if self.monitor_enabled {
             self.monitor = Some(SafetyMonitor::new(y0));
         }
         Ok(())
+    }
+
+    /// Sets the controller's ε to the scale-free ε_t of the current reference (no-op for an
+    /// absolute ε).
+    fn refresh_threshold(&mut self) {
+        if let (Some(acceptance), Some(controller)) = (&self.acceptance, self.controller.as_mut()) {
+            let epsilon = acceptance.epsilon(controller.reference());
+            controller.set_threshold(epsilon);
+        }
+    }
+
+    /// The scale-free threshold, when ε follows the scale of the run and the controller has
+    /// started.
+    pub fn acceptance(&self) -> Option<&ScaleFreeThreshold> {
+        self.acceptance.as_ref()
     }
 
     /// The directive of the initial save: the initial state is the first accepted one (and the
@@ -323,17 +405,27 @@ impl StepProtocol {
         }
         let measure = (self.step + 1).is_multiple_of(self.config.probe_interval);
         self.step_norm = gradient_norm;
+        self.refresh_threshold();
         if let (Some(norm), Some(gate), Some(controller), Mode::Enforce) = (
             gradient_norm,
             self.gate.as_ref(),
             self.controller.as_mut(),
             self.mode,
-        ) && let GateVerdict::Reject { norm, z, limit } = gate.check(norm)
+        ) && let GateVerdict::Reject {
+            norm,
+            score,
+            limit,
+            test,
+        } = gate.check(norm)
         {
             if self.gate_streak < self.config.gate.patience {
                 self.gate_streak += 1;
-                let mut record =
-                    controller.reject_gradient(RejectionReason::GradientGate { norm, z, limit });
+                let mut record = controller.reject_gradient(RejectionReason::GradientGate {
+                    norm,
+                    score,
+                    limit,
+                    test,
+                });
                 record.step = self.step;
                 if let Some(monitor) = &mut self.monitor {
                     monitor.check_decision(&record)?;
@@ -365,6 +457,21 @@ impl StepProtocol {
     /// [`StabError::OutOfOrder`], [`StabError::MissingMeasurement`], a non-finite calibration
     /// measurement, or a [`SafetyViolation`].
     pub fn decide(&mut self, measurement: Option<f64>) -> Result<Directive, StabError> {
+        self.decide_with_update(measurement, None)
+    }
+
+    /// [`StepProtocol::decide`] with the norm of the update the optimizer proposed,
+    /// ‖θ_prop − θ_t‖ (parameters only), if the driver computes it: the update gate judges it on
+    /// measured steps (a step too large for its gradient, such as a learning-rate spike), beside
+    /// the measurement. Without it the update gate is not consulted.
+    ///
+    /// # Errors
+    /// As [`StepProtocol::decide`].
+    pub fn decide_with_update(
+        &mut self,
+        measurement: Option<f64>,
+        update_norm: Option<f64>,
+    ) -> Result<Directive, StabError> {
         let Phase::Proposing { measure } = self.phase else {
             return Err(self.out_of_order("decide"));
         };
@@ -380,10 +487,38 @@ impl StepProtocol {
             self.start_controller(y)?;
             return Ok(self.commit_directive(Action::Calibrate, None));
         }
+        self.refresh_threshold();
         let controller = self.controller.as_mut().expect("started above");
         let (innovation, mut decision) = controller.evaluate(y);
         let position = step + 1;
         let escalation = self.ladder.level();
+        let mut update_gated = false;
+        if decision.is_accepted()
+            && let (Some(norm), Some(gate)) = (update_norm, &self.update_gate)
+            && let GateVerdict::Reject {
+                norm,
+                score,
+                limit,
+                test,
+            } = gate.check(norm)
+        {
+            if self.update_streak < self.config.update_gate.patience {
+                update_gated = true;
+                decision = Decision::Rejected {
+                    reason: RejectionReason::UpdateGate {
+                        norm,
+                        score,
+                        limit,
+                        test,
+                    },
+                };
+            }
+        }
+        self.update_streak = if update_gated {
+            self.update_streak + 1
+        } else {
+            0
+        };
         if decision.is_accepted()
             && let Some(drift) = &self.drift
             && let Some(alarm) =
@@ -407,6 +542,12 @@ impl StepProtocol {
             let epsilon = controller.threshold();
             if let Some(drift) = &mut self.drift {
                 drift.accept(innovation, epsilon, escalation, position);
+            }
+            if let Some(acceptance) = &mut self.acceptance {
+                acceptance.accept(innovation);
+            }
+            if let (Some(gate), Some(norm)) = (&mut self.update_gate, update_norm) {
+                gate.accept(norm);
             }
             if let Some(gate) = &mut self.gate {
                 for norm in self.unprobed_norms.drain(..).chain(self.step_norm) {
@@ -589,6 +730,8 @@ impl StepProtocol {
             signal: self.controller.as_ref().map(Controller::signal_state),
             drift: self.drift.clone(),
             gate: self.gate.clone(),
+            update_gate: self.update_gate.clone(),
+            acceptance: self.acceptance.clone(),
         }
     }
 
@@ -655,9 +798,7 @@ impl StepProtocol {
             match self.ladder.climb() {
                 None => return self.stop(record),
                 Some((level, _)) => {
-                    record.rung = Some(level);
-                    self.count_escalation();
-                    if let Some(directive) = self.rewind(onset, &mut record) {
+                    if let Some(directive) = self.rewind_rung(level, onset, &mut record) {
                         return directive;
                     }
                 }
@@ -667,13 +808,12 @@ impl StepProtocol {
         if !fire {
             return self.restore(record);
         }
-        // The run is stuck: climb until a rung can act.
+        // The run is stuck: climb until a rung acts (a rewind with no snapshot old enough passes
+        // to the next rung, uncounted).
         loop {
             let Some((level, rung)) = self.ladder.climb() else {
                 return self.stop(record);
             };
-            record.rung = Some(level);
-            self.count_escalation();
             match rung {
                 Rung::Rewind => {
                     let onset = self
@@ -682,16 +822,35 @@ impl StepProtocol {
                         .and_then(DriftDetector::excursion_onset)
                         .unwrap_or(current_position)
                         .min(current_position);
-                    if let Some(directive) = self.rewind(onset, &mut record) {
+                    if let Some(directive) = self.rewind_rung(level, onset, &mut record) {
                         return directive;
                     }
                 }
-                Rung::ResetOptimizer if self.can_reset_optimizer => {
+                Rung::ResetOptimizer => {
+                    record.rung = Some(level);
+                    self.count_escalation();
                     return self.reset_optimizer(record);
                 }
-                Rung::ResetOptimizer => {}
             }
         }
+    }
+
+    /// A rewind fired as rung `level`: counted and recorded only when a snapshot old enough
+    /// exists.
+    fn rewind_rung(
+        &mut self,
+        level: u32,
+        onset: u64,
+        record: &mut StepRecord,
+    ) -> Option<Directive> {
+        record.rung = Some(level);
+        let directive = self.rewind(onset, record);
+        if directive.is_some() {
+            self.count_escalation();
+        } else {
+            record.rung = None;
+        }
+        directive
     }
 
     fn count_escalation(&mut self) {
@@ -729,6 +888,8 @@ impl StepProtocol {
         }
         self.drift = controller_state.drift;
         self.gate = controller_state.gate;
+        self.update_gate = controller_state.update_gate;
+        self.acceptance = controller_state.acceptance;
         self.unprobed_norms.clear();
         let action = Action::Rewind {
             to_position: position,
@@ -767,7 +928,8 @@ impl StepProtocol {
         self.exhausted = Some(RecoveryExhausted {
             step: self.step,
             consecutive_rejections: record.consecutive_rejections,
-            rungs: self.config.ladder.rungs.len(),
+            reason: record.decision.rejection_reason(),
+            rungs: self.ladder.rungs().len(),
             last_accepted_position: current.map_or(0, |c| c.position),
         });
         let expected = current.and_then(|c| c.fingerprint);

@@ -2,7 +2,7 @@
 //! controller's state of that time. The states themselves live in the driver's store.
 
 use crate::config::RingConfig;
-use crate::detect::{DriftDetector, GradientGate};
+use crate::detect::{DriftDetector, NormGate, ScaleFreeThreshold};
 use crate::signal::{InnovationKind, InnovationSignal};
 use crate::snapshot::SlotId;
 
@@ -11,7 +11,9 @@ use crate::snapshot::SlotId;
 pub(crate) struct ControllerState {
     pub signal: Option<Box<dyn InnovationSignal>>,
     pub drift: Option<DriftDetector>,
-    pub gate: Option<GradientGate>,
+    pub gate: Option<NormGate>,
+    pub update_gate: Option<NormGate>,
+    pub acceptance: Option<ScaleFreeThreshold>,
 }
 
 impl Clone for ControllerState {
@@ -20,6 +22,8 @@ impl Clone for ControllerState {
             signal: self.signal.as_ref().map(|s| s.clone_box()),
             drift: self.drift.clone(),
             gate: self.gate.clone(),
+            update_gate: self.update_gate.clone(),
+            acceptance: self.acceptance.clone(),
         }
     }
 }
@@ -238,6 +242,8 @@ mod tests {
                 signal: None,
                 drift: None,
                 gate: None,
+                update_gate: None,
+                acceptance: None,
             },
         }
     }

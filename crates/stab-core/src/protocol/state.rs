@@ -17,7 +17,7 @@ use super::ring::{ControllerState, Ring, SlotMeta};
 use super::{Mode, Phase, StepProtocol, ladder::Ladder};
 use crate::config::ControllerConfig;
 use crate::controller::{Controller, Counters};
-use crate::detect::{DriftDetector, GradientGate};
+use crate::detect::{DriftDetector, NormGate, ScaleFreeThreshold};
 use crate::error::StabError;
 use crate::monitor::SafetyMonitor;
 use crate::signal::SignalState;
@@ -25,7 +25,7 @@ use crate::snapshot::SlotId;
 
 /// Format version of [`ProtocolState`]; bumped whenever its serialized form changes. A state of
 /// another version is refused ([`ProtocolStateError::Version`]), never guessed at.
-pub const PROTOCOL_STATE_VERSION: u32 = 1;
+pub const PROTOCOL_STATE_VERSION: u32 = 2;
 
 /// Why a protocol state cannot be taken or resumed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -81,7 +81,9 @@ struct SlotSave {
     fingerprint: Option<u64>,
     signal: Option<SignalState>,
     drift: Option<DriftDetector>,
-    gate: Option<GradientGate>,
+    gate: Option<NormGate>,
+    update_gate: Option<NormGate>,
+    acceptance: Option<ScaleFreeThreshold>,
 }
 
 /// Everything a [`StepProtocol`] holds between two steps, serializable (serde), with a format
@@ -99,11 +101,14 @@ pub struct ProtocolState {
     controller: Option<ControllerSave>,
     monitor: Option<SafetyMonitor>,
     drift: Option<DriftDetector>,
-    gate: Option<GradientGate>,
+    gate: Option<NormGate>,
+    update_gate: Option<NormGate>,
+    acceptance: Option<ScaleFreeThreshold>,
     slots: Vec<Option<SlotSave>>,
     ladder: Ladder,
     step: u64,
     gate_streak: u64,
+    update_streak: u64,
     unprobed_norms: Vec<f64>,
 }
 
@@ -201,6 +206,8 @@ impl StepProtocol {
                             },
                             drift: meta.controller.drift.clone(),
                             gate: meta.controller.gate.clone(),
+                            update_gate: meta.controller.update_gate.clone(),
+                            acceptance: meta.controller.acceptance.clone(),
                         })
                     })
                     .transpose()
@@ -216,10 +223,13 @@ impl StepProtocol {
             monitor: self.monitor.clone(),
             drift: self.drift.clone(),
             gate: self.gate.clone(),
+            update_gate: self.update_gate.clone(),
+            acceptance: self.acceptance.clone(),
             slots,
             ladder: self.ladder.clone(),
             step: self.step,
             gate_streak: self.gate_streak,
+            update_streak: self.update_streak,
             unprobed_norms: self.unprobed_norms.clone(),
         })
     }
@@ -266,6 +276,7 @@ impl StepProtocol {
         }
         if state.drift.is_some() != config.drift.enabled
             || state.gate.is_some() != config.gate.enabled
+            || state.update_gate.is_some() != config.update_gate.enabled
         {
             return Err(inconsistent(
                 "detectors saved do not match the configuration",
@@ -274,6 +285,11 @@ impl StepProtocol {
         if state.monitor.is_some() && !(state.monitor_enabled && state.controller.is_some()) {
             return Err(inconsistent(
                 "a safety monitor without a started controller",
+            ));
+        }
+        if state.acceptance.is_some() != (config.scale_free() && state.controller.is_some()) {
+            return Err(inconsistent(
+                "the scale-free threshold saved does not match the configuration",
             ));
         }
         // The signal the configuration builds: its name must be the saved signal's.
@@ -314,6 +330,8 @@ impl StepProtocol {
                             signal: s.signal.map(rebuild).transpose()?,
                             drift: s.drift,
                             gate: s.gate,
+                            update_gate: s.update_gate,
+                            acceptance: s.acceptance,
                         },
                     })
                 })
@@ -329,11 +347,14 @@ impl StepProtocol {
             monitor: state.monitor,
             drift: state.drift,
             gate: state.gate,
+            update_gate: state.update_gate,
+            acceptance: state.acceptance,
             ring: Ring::from_slots(&config.ring, slots),
             ladder: state.ladder,
             step: state.step,
             phase: Phase::Idle,
             gate_streak: state.gate_streak,
+            update_streak: state.update_streak,
             step_norm: None,
             unprobed_norms: state.unprobed_norms,
             exhausted: None,
