@@ -83,7 +83,7 @@ impl Default for ControllerConfig {
             spike_window: 20,
             drift: DriftConfig::default(),
             gate: GateConfig::default(),
-            update_gate: GateConfig::update_default(),
+            update_gate: GateConfig::default(),
             ring: RingConfig::default(),
             ladder: LadderConfig::default(),
         }
@@ -404,7 +404,7 @@ mod tests {
             spike_window: 7,
             drift,
             gate,
-            update_gate: GateConfig::update_default(),
+            update_gate: GateConfig::default(),
             ring,
             ladder,
         };

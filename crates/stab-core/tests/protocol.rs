@@ -192,62 +192,162 @@ proptest! {
     }
 }
 
-/// A heavy-ball descent on the Rosenbrock function, default settings: plain rollback replays
-/// the same overshooting proposal forever (the frozen run of issue 11); the ladder clears the
-/// momentum and the descent converges.
-#[test]
-fn heavy_ball_rosenbrock_converges_at_default_settings() {
-    #[derive(Clone)]
-    struct Descent {
-        x: [f64; 2],
-        v: [f64; 2],
+/// A heavy-ball descent on the Rosenbrock function (f(x₀) ≈ 24), its objective multiplied by
+/// `scale`.
+#[derive(Clone)]
+struct Descent {
+    x: [f64; 2],
+    v: [f64; 2],
+}
+
+fn rosenbrock(x: &[f64; 2]) -> f64 {
+    (1.0 - x[0]).powi(2) + 100.0 * (x[1] - x[0] * x[0]).powi(2)
+}
+
+fn heavy_ball_step(mut s: Descent) -> Descent {
+    let x = s.x;
+    let g = [
+        -2.0 * (1.0 - x[0]) - 400.0 * x[0] * (x[1] - x[0] * x[0]),
+        200.0 * (x[1] - x[0] * x[0]),
+    ];
+    for ((x, v), g) in s.x.iter_mut().zip(s.v.iter_mut()).zip(g) {
+        *v = 0.9 * *v + g;
+        *x -= 1e-3 * *v;
     }
-    let f = |x: &[f64; 2]| (1.0 - x[0]).powi(2) + 100.0 * (x[1] - x[0] * x[0]).powi(2);
-    let grad = |x: &[f64; 2]| {
-        [
-            -2.0 * (1.0 - x[0]) - 400.0 * x[0] * (x[1] - x[0] * x[0]),
-            200.0 * (x[1] - x[0] * x[0]),
-        ]
-    };
-    let step = |mut s: Descent| {
-        let g = grad(&s.x);
-        for ((x, v), g) in s.x.iter_mut().zip(s.v.iter_mut()).zip(g) {
-            *v = 0.9 * *v + g;
-            *x -= 1e-3 * *v;
-        }
-        s
-    };
-    let start = Descent {
-        x: [-1.2, 1.0],
-        v: [0.0, 0.0],
-    };
+    s
+}
 
-    let run = |config: &ControllerConfig| {
-        let mut sup = Supervisor::new(config, InMemoryStore::new(), &start, f(&start.x))
-            .unwrap()
-            .with_optimizer_reset(|mut s: Descent| {
-                s.v = [0.0, 0.0];
-                s
-            });
-        let mut state = start.clone();
-        for _ in 0..3000 {
-            match sup.step(state, |s| Ok::<_, Infallible>(step(s)), |s| Ok(f(&s.x))) {
-                Ok(guarded) => state = guarded.state,
-                Err(e) => panic!("{e}"),
-            }
-        }
-        (f(&state.x), sup.counters())
-    };
+const START: Descent = Descent {
+    x: [-1.2, 1.0],
+    v: [0.0, 0.0],
+};
 
-    let (frozen, counters) = run(&ControllerConfig::algorithm_1());
+/// 3000 supervised steps of the descent on `scale · f`; returns f at the end (unscaled) and the
+/// counters. `reset`: supply an optimizer reset (clears the momentum).
+fn heavy_ball(config: &ControllerConfig, scale: f64, reset: bool) -> (f64, stab_core::Counters) {
+    let objective = |s: &Descent| scale * rosenbrock(&s.x);
+    let mut sup = Supervisor::new(config, InMemoryStore::new(), &START, objective(&START)).unwrap();
+    if reset {
+        sup = sup.with_optimizer_reset(|mut s: Descent| {
+            s.v = [0.0, 0.0];
+            s
+        });
+    }
+    let mut state = START.clone();
+    for _ in 0..3000 {
+        match sup.step(
+            state,
+            |s| Ok::<_, Infallible>(heavy_ball_step(s)),
+            |s| Ok(objective(s)),
+        ) {
+            Ok(guarded) => state = guarded.state,
+            Err(e) => panic!("scale {scale}: {e}"),
+        }
+    }
+    (rosenbrock(&state.x), sup.counters())
+}
+
+/// Plain rollback with the paper's absolute ε replays the same overshooting proposal forever (the
+/// frozen run of issue 11).
+#[test]
+fn heavy_ball_freezes_under_algorithm_1() {
+    let (frozen, counters) = heavy_ball(&ControllerConfig::algorithm_1(), 1.0, false);
     assert!(
         counters.rejected > 2900,
         "plain rollback freezes: {counters:?}"
     );
     assert!(frozen > 1.0);
+}
 
-    let (loss, counters) = run(&ControllerConfig::default());
-    assert!(loss < 1e-3, "final f = {loss}, {counters:?}");
-    assert!(counters.optimizer_resets >= 1, "{counters:?}");
-    assert!(counters.longest_rejection_run <= 12 * 5, "{counters:?}");
+/// stab's defaults, with no optimizer reset supplied, converge at any scale of the objective:
+/// the acceptance has no unit (issue 19). The unprotected descent converges too: the defaults
+/// must not get in its way (no rejection at all).
+#[test]
+fn heavy_ball_converges_at_default_settings_at_any_scale() {
+    let (unprotected, _) = heavy_ball(
+        &ControllerConfig::algorithm_1().with_epsilon(f64::MAX),
+        1.0,
+        false,
+    );
+    assert!(
+        unprotected < 1e-3,
+        "the descent itself converges: {unprotected}"
+    );
+    for scale in [1e-3, 1.0, 1e3] {
+        let (loss, counters) = heavy_ball(&ControllerConfig::default(), scale, false);
+        assert!(loss < 1e-3, "scale {scale}: final f = {loss}, {counters:?}");
+        assert_eq!(counters.accepted, 3000, "scale {scale}: {counters:?}");
+    }
+}
+
+/// The absolute ε of the old default does not transfer across scales: at scale 1e3 each of the
+/// first steps raises the objective by ~1200 > 0.5, and without an optimizer reset the ladder
+/// runs out.
+#[test]
+fn an_absolute_epsilon_stops_the_descent_at_another_scale() {
+    let config = ControllerConfig::default().with_epsilon(0.5);
+    let objective = |s: &Descent| 1e3 * rosenbrock(&s.x);
+    let mut sup =
+        Supervisor::new(&config, InMemoryStore::new(), &START, objective(&START)).unwrap();
+    let mut state = START.clone();
+    let mut stopped = None;
+    for t in 0..3000 {
+        match sup.step(
+            state.clone(),
+            |s| Ok::<_, Infallible>(heavy_ball_step(s)),
+            |s| Ok(objective(s)),
+        ) {
+            Ok(guarded) => state = guarded.state,
+            Err(StabError::RecoveryExhausted(why)) => {
+                stopped = Some((t, why));
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let (t, why) = stopped.expect("the ladder runs out");
+    assert!(t < 100, "stopped at step {t}");
+    assert!(why.to_string().contains("innovation"), "{why}");
+}
+
+/// Detection at any scale: a corrupted proposal at step 200 (x₂ pushed 0.5 off the valley, f
+/// ×7000) is rejected at every scale, and nothing else is; the descent still converges.
+#[test]
+fn heavy_ball_fault_is_caught_at_any_scale_and_nothing_else_is() {
+    for scale in [1e-3, 1.0, 1e3] {
+        let objective = |s: &Descent| scale * rosenbrock(&s.x);
+        let mut sup = Supervisor::new(
+            &ControllerConfig::default(),
+            InMemoryStore::new(),
+            &START,
+            objective(&START),
+        )
+        .unwrap();
+        let mut state = START.clone();
+        let mut rejected_steps = Vec::new();
+        for t in 0..3000_u64 {
+            let faulty = t == 200;
+            let guarded = sup
+                .step(
+                    state,
+                    |s| {
+                        let mut next = heavy_ball_step(s);
+                        if faulty {
+                            next.x[1] += 0.5;
+                        }
+                        Ok::<_, Infallible>(next)
+                    },
+                    |s| Ok(objective(s)),
+                )
+                .unwrap();
+            if let StepOutcome::Decided(record) = &guarded.outcome
+                && !record.decision.is_accepted()
+            {
+                rejected_steps.push(t);
+            }
+            state = guarded.state;
+        }
+        assert_eq!(rejected_steps, vec![200], "scale {scale}");
+        assert!(rosenbrock(&state.x) < 1e-3, "scale {scale}");
+    }
 }

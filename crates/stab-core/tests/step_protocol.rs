@@ -220,6 +220,7 @@ fn the_gate_lets_one_gradient_through_after_its_patience() {
 #[test]
 fn a_drift_alarm_rejects_and_rewinds_past_its_onset() {
     let config = ControllerConfig::default()
+        .with_epsilon(0.5)
         .with_ring(RingConfig { ages: vec![2] })
         .with_drift(DriftConfig {
             enabled: true,

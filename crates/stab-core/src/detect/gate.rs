@@ -204,11 +204,11 @@ mod tests {
         assert_eq!(g.check(1200.0), GateVerdict::Pass, "two norms: not yet");
         g.accept(100.0);
         assert!(g.watching() && !g.armed());
-        // Median 4 (robust to the one outlier among three): limit 10 · 4 = 40.
-        assert_eq!(g.check(40.0), GateVerdict::Pass, "ratio 10 is not above 10");
+        // Median 4 (robust to the one outlier among three): limit 8 · 4 = 32.
+        assert_eq!(g.check(32.0), GateVerdict::Pass, "ratio 8 is not above 8");
         assert_eq!(
-            rejected(g.check(40.5)),
-            Some((40.5 / 4.0, GateTest::MedianRatio))
+            rejected(g.check(32.5)),
+            Some((32.5 / 4.0, GateTest::MedianRatio))
         );
         assert_eq!(
             rejected(g.check(1200.0)),
@@ -238,10 +238,10 @@ mod tests {
             g.accept(10.0);
         }
         assert!(!g.armed());
-        // Young: ratio limit 10 → 100 passes, 101 does not.
-        assert_eq!(g.check(100.0), GateVerdict::Pass);
+        // Young: ratio limit 8 → 80 passes, 81 does not.
+        assert_eq!(g.check(80.0), GateVerdict::Pass);
         assert!(matches!(
-            rejected(g.check(101.0)),
+            rejected(g.check(81.0)),
             Some((_, GateTest::MedianRatio))
         ));
         g.accept(10.0);

@@ -544,7 +544,7 @@ impl StepProtocol {
                 drift.accept(innovation, epsilon, escalation, position);
             }
             if let Some(acceptance) = &mut self.acceptance {
-                acceptance.accept(innovation);
+                acceptance.accept(y);
             }
             if let (Some(gate), Some(norm)) = (&mut self.update_gate, update_norm) {
                 gate.accept(norm);
