@@ -19,6 +19,10 @@ pub enum Command {
     /// Run the paper's experiments (baseline, controlled, loss-spike rollback) and write per-step
     /// records, figures and report.md.
     Reproduce(ReproduceArgs),
+    /// Run the robustness matrix: fault kind × magnitude × onset × length × model, arms clean,
+    /// baseline and controlled; write per-cell ratios to the clean run of the same seed
+    /// (matrix.md) and a figure.
+    Matrix(MatrixArgs),
 }
 
 /// Which preset to start from; every flag below overrides a field of it.
@@ -46,7 +50,7 @@ pub enum ModelChoice {
 }
 
 /// The injected failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FaultChoice {
     /// The paper's: every gradient multiplied by ζ.
@@ -135,4 +139,64 @@ pub struct ReproduceArgs {
     /// checkpoint (`checkpoints/`), the others run.
     #[arg(long)]
     pub resume: bool,
+}
+
+/// Which onsets the matrix runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnsetChoice {
+    /// Step 10, before any statistic of the controller is warm.
+    Early,
+    /// Step 120, mid-run.
+    Mid,
+}
+
+/// Flags of `cargo xtask matrix`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MatrixArgs {
+    /// Preset the runs start from (model sizes, steps, learning rates).
+    #[arg(long, value_enum, default_value_t = PresetName::Cpu)]
+    pub preset: PresetName,
+    /// Seeds per cell.
+    #[arg(long, default_value_t = 5)]
+    pub seeds: u64,
+    /// First seed.
+    #[arg(long, default_value_t = 0)]
+    pub first_seed: u64,
+    /// Which model(s).
+    #[arg(long, value_enum, default_value_t = ModelChoice::All)]
+    pub model: ModelChoice,
+    /// Fault kinds, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [FaultChoice::GradientScale, FaultChoice::LrScale, FaultChoice::NanGradient])]
+    pub kinds: Vec<FaultChoice>,
+    /// Magnitudes ζ of the gradient-scale fault, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [300.0])]
+    pub gradient_scales: Vec<f64>,
+    /// Magnitudes of the learning-rate fault, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [100.0])]
+    pub lr_scales: Vec<f64>,
+    /// Onsets, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [OnsetChoice::Early, OnsetChoice::Mid])]
+    pub onsets: Vec<OnsetChoice>,
+    /// Fault lengths in steps, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 10, 30])]
+    pub lengths: Vec<u64>,
+    /// Run only the cells whose index modulo N is K (`K/N`), to split the matrix across
+    /// processes or machines; merge with `--from-records`.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// Output folder (default: `target/matrix/<preset>/`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Train nothing: report on the records of these earlier matrix folders (repeatable).
+    #[arg(long)]
+    pub from_records: Vec<PathBuf>,
+    /// Burn backend (sets BURN_DEVICE).
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Folder holding `cifar-10-batches-bin/`; without it vision runs use Fashion-MNIST.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Do not draw progress bars.
+    #[arg(long)]
+    pub quiet: bool,
 }

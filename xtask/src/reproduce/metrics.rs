@@ -316,6 +316,7 @@ mod tests {
                     fault: (12..14).contains(&i),
                     grad_norm: None,
                     update_norm: None,
+                    eval_loss: None,
                     param_norm: 1.0,
                     step_seconds: 1.0,
                     control_seconds: 0.05,

@@ -6,7 +6,7 @@ pub mod plan;
 pub mod plots;
 pub mod records;
 pub mod report;
-mod runner;
+pub(crate) mod runner;
 
 use std::path::Path;
 use std::time::Instant;

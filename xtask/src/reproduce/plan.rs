@@ -187,7 +187,7 @@ impl Plan {
     }
 
     /// The `cpu` preset is the full protocol shape; `smoke` shrinks it, `paper` scales it up.
-    fn preset(name: PresetName) -> Self {
+    pub(crate) fn preset(name: PresetName) -> Self {
         let out = |n: &str| PathBuf::from("target").join("reproduce").join(n);
         let cpu = Self {
             preset: "cpu".into(),
@@ -267,7 +267,7 @@ impl Plan {
         }
     }
 
-    fn validate(&self) -> Result<(), XtaskError> {
+    pub(crate) fn validate(&self) -> Result<(), XtaskError> {
         let bad = |field: &'static str, value: String, why: &str| {
             Err(XtaskError::InvalidSetting {
                 field,

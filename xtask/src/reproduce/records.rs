@@ -148,6 +148,10 @@ pub struct StepLog {
     /// of arms with the update gate on).
     #[serde(default)]
     pub update_norm: Option<f64>,
+    /// Loss of the state carried forward on the evaluation set (512 test images, or 128
+    /// held-out text windows), on the last 10 steps of a run only.
+    #[serde(default)]
+    pub eval_loss: Option<f64>,
     /// ℓ2 norm of all parameters of the state carried forward.
     #[serde(deserialize_with = "nan_if_null")]
     pub param_norm: f64,
@@ -290,6 +294,7 @@ mod tests {
             fault: false,
             grad_norm: Some(3.5),
             update_norm: Some(0.02),
+            eval_loss: None,
             param_norm: 2.0,
             step_seconds: 0.01,
             control_seconds: 0.001,

@@ -17,7 +17,7 @@ use stab_burn::{
     Probe, StepInputs,
 };
 use stab_core::{ControllerConfig, SignalKind};
-use stab_models::data::{BatchPlan, CharCorpus, CharDataset, VisionDataset};
+use stab_models::data::{BatchPlan, CharCorpus, CharDataset, Split, VisionDataset};
 use stab_models::{CharTransformerConfig, LossModel, paper_adamw};
 
 use crate::cli::FaultChoice;
@@ -44,8 +44,17 @@ pub fn select_backend(name: &str) -> Result<(), XtaskError> {
 
 enum Task {
     Vision(VisionDataset),
-    Text(CharDataset),
+    /// The training data, and a dataset cut with [`EVAL_WINDOWS`] held-out windows for the
+    /// evaluation loss.
+    Text(CharDataset, CharDataset),
 }
+
+/// Test images of the evaluation set (after the probe's): the yardstick of the last steps.
+pub const EVAL_IMAGES: usize = 512;
+/// Held-out windows of the text evaluation set.
+pub const EVAL_WINDOWS: usize = 128;
+/// Steps at the end of a run whose evaluation loss is recorded (the last-10 mean).
+const EVAL_STEPS: u64 = 10;
 
 /// One model's data, device and settings, loaded once and reused by every seed and arm.
 pub struct Workload {
@@ -81,6 +90,12 @@ impl Workload {
                     plan.probe_size,
                 )
                 .map_err(data_err)?,
+                CharDataset::new(
+                    CharCorpus::synthetic(),
+                    plan.transformer.seq_len,
+                    EVAL_WINDOWS,
+                )
+                .map_err(data_err)?,
             ),
         };
         Ok(Self {
@@ -94,7 +109,7 @@ impl Workload {
     pub fn data_source(&self) -> String {
         match &self.task {
             Task::Vision(data) => data.source_name(),
-            Task::Text(data) => data.source_name().to_owned(),
+            Task::Text(data, _) => data.source_name().to_owned(),
         }
     }
 
@@ -130,6 +145,15 @@ impl Workload {
                 let probe = data
                     .probe_batch(plan.probe_size, &self.device)
                     .map_err(data_err)?;
+                let first = plan.probe_size.min(data.test_len());
+                let last = (first + EVAL_IMAGES).min(data.test_len());
+                let eval = data
+                    .batch(
+                        Split::Test,
+                        &(first..last).collect::<Vec<_>>(),
+                        &self.device,
+                    )
+                    .map_err(data_err)?;
                 let steps = train(
                     model,
                     |step| {
@@ -137,12 +161,13 @@ impl Workload {
                             .map_err(data_err)
                     },
                     probe,
+                    eval,
                     plan.resnet.lr,
                     &run,
                 )?;
                 (ModelKind::Resnet18, plan.resnet.batch, steps)
             }
-            Task::Text(data) => {
+            Task::Text(data, held_out) => {
                 let t = &plan.transformer;
                 let model = CharTransformerConfig::new(data.vocab_size())
                     .with_seq_len(t.seq_len)
@@ -154,6 +179,7 @@ impl Workload {
                     .map_err(data_err)?;
                 let batches = BatchPlan::new(seed, data.train_len(), t.batch).map_err(data_err)?;
                 let probe = data.probe_batch(&self.device).map_err(data_err)?;
+                let eval = held_out.probe_batch(&self.device).map_err(data_err)?;
                 let steps = train(
                     model,
                     |step| {
@@ -161,6 +187,7 @@ impl Workload {
                             .map_err(data_err)
                     },
                     probe,
+                    eval,
                     t.lr,
                     &run,
                 )?;
@@ -229,6 +256,7 @@ fn train<M>(
     model: M,
     next_batch: impl Fn(u64) -> Result<M::Batch, XtaskError>,
     probe: M::Batch,
+    eval: M::Batch,
     lr: f64,
     run: &RunSetup<'_>,
 ) -> Result<Vec<StepLog>, XtaskError>
@@ -309,8 +337,11 @@ where
         let report = guarded.report;
         let timings = report.timings;
 
-        // Probe loss and norm of the state carried forward, for figures (not timed).
+        // Probe loss and norm of the state carried forward, for figures (not timed); the
+        // evaluation loss on the last steps, the yardstick of the comparisons.
         let probe_loss = scalar(model.valid().loss(&probe_for_figures));
+        let eval_loss =
+            (step + EVAL_STEPS >= plan.steps).then(|| scalar(model.valid().loss(&eval)));
         let record = report.record.as_ref();
         logs.push(StepLog {
             step,
@@ -326,6 +357,7 @@ where
             fault: faults.is_active(step),
             grad_norm,
             update_norm: report.update_norm,
+            eval_loss,
             param_norm: param_l2_norm(&model.valid()),
             step_seconds: (forward_backward + timings.optimizer).as_secs_f64(),
             control_seconds: control_time(arm, &timings).as_secs_f64(),
