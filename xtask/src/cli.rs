@@ -134,6 +134,11 @@ pub struct ReproduceArgs {
     /// Do not draw progress bars (logs stay).
     #[arg(long)]
     pub quiet: bool,
+    /// Fail unless, in the run records written, the controlled arm rejects a step inside the
+    /// failure window in every seed of every model and the clean arm rejects none (CI's check
+    /// that protection works on the smoke preset).
+    #[arg(long)]
+    pub require_detection: bool,
     /// Continue an interrupted reproduction in `--out` (same flags as the interrupted one):
     /// finished runs (`runs/*.jsonl`) are kept, the run that was in flight resumes from its last
     /// checkpoint (`checkpoints/`), the others run.

@@ -57,8 +57,14 @@ fn script() -> Vec<f64> {
     ys
 }
 
+/// The scripted measurements are in units of the paper's ε; the update gate is off because the
+/// closure `Supervisor` has no update norm to give it (the Guard does).
 fn config() -> ControllerConfig {
+    let mut update_gate = GateConfig::default();
+    update_gate.enabled = false;
     ControllerConfig::default()
+        .with_epsilon(0.5)
+        .with_update_gate(update_gate)
         .with_ring(RingConfig { ages: vec![2, 4] })
         .with_ladder(LadderConfig {
             enabled: true,

@@ -11,7 +11,7 @@ use stab_burn::{
     Fault, FaultKind, FaultSchedule, Guard, GuardConfig, GuardError, SignalError, StepAction,
     StepInputs, gradient_cosine, gradient_norm, reference_gradients,
 };
-use stab_core::SignalKind;
+use stab_core::{ControllerConfig, SignalKind};
 
 /// Σ g² over the trainable parameters, read tensor by tensor on the host.
 struct SquaredNorm<'a>(&'a GradientsParams, f64);
@@ -129,10 +129,15 @@ fn loss_spike_signal_needs_the_training_loss_and_rejects_a_spike() {
 fn gradient_norm_spike_signal_rejects_a_zeta_300_gradient() {
     let device = common::training_device();
     let mut model = Net::new(&device);
+    // The gradient gate would skip these gradients before the signal sees them: off, so that
+    // the signal itself is tested.
     let mut guard = Guard::builder(
-        GuardConfig::default()
-            .with_signal(SignalKind::GradientNormSpike)
-            .with_epsilon(10.0),
+        GuardConfig::default().with_controller(
+            ControllerConfig::default()
+                .with_signal(SignalKind::GradientNormSpike)
+                .with_epsilon(10.0)
+                .with_gradient_gate(false),
+        ),
     )
     .build(&model, adamw())
     .unwrap();

@@ -5,6 +5,10 @@
 //! implementation's values). On this run nominal steps move the probe loss by less than 0.05;
 //! each window step multiplies the update by 300 and raises the probe loss from ≈0.6 to 50–400.
 //!
+//! With stab's defaults the gradient gate (its young ratio test: ≈ ×300 the median accepted norm)
+//! rejects the window before the optimizer step; `the_probe_alone_rejects_the_window` turns the
+//! gates off to show the probe catches it too.
+//!
 //! SGD, not AdamW: AdamW divides the update by the root of its second moment, so scaling the
 //! gradient by ζ barely scales the step (at step 20 its bias correction even shrinks it). Under
 //! AdamW a ζ = 300 step changes this model's probe loss by less than a nominal step does, and
@@ -21,12 +25,24 @@ const EPSILON: f64 = 0.5;
 const LR: f64 = 0.05;
 
 fn run(store: StoreKind) {
+    run_with(store, true);
+}
+
+fn run_with(store: StoreKind, gates: bool) {
     let device = common::training_device();
     device.seed(7);
     let mut model = Net::new(&device);
     let mut guard = Guard::builder(
         GuardConfig::default()
-            .with_epsilon(EPSILON)
+            .with_controller(
+                stab_core::ControllerConfig::default()
+                    .with_epsilon(EPSILON)
+                    .with_gradient_gate(gates)
+                    .with_update_gate(stab_core::GateConfig {
+                        enabled: gates,
+                        ..stab_core::GateConfig::default()
+                    }),
+            )
             .with_store(store)
             .with_verify_restores(true),
     )
@@ -49,7 +65,9 @@ fn run(store: StoreKind) {
         let out = guard.step(LR, model, g).unwrap();
         model = out.model;
         let report = out.report;
-        if report.rolled_back() {
+        // Rejected by the gradient gate (skipped) or by the probe (rolled back): either way the
+        // ζ = 300 step never reaches the state carried forward.
+        if report.is_rejection() {
             rejected.push(t);
         } else {
             assert_eq!(report.action, StepAction::Commit);
@@ -85,6 +103,11 @@ fn every_step_of_a_zeta_300_window_is_rejected_and_no_nominal_step_is_device_sto
 #[test]
 fn every_step_of_a_zeta_300_window_is_rejected_and_no_nominal_step_is_host_store() {
     run(StoreKind::Host);
+}
+
+#[test]
+fn the_probe_alone_rejects_the_window() {
+    run_with(StoreKind::Device, false);
 }
 
 #[test]

@@ -351,3 +351,15 @@ fn heavy_ball_fault_is_caught_at_any_scale_and_nothing_else_is() {
         assert!(rosenbrock(&state.x) < 1e-3, "scale {scale}");
     }
 }
+
+/// With the paper's absolute ε = 0.5 (the default before issue 19) plain rollback replays the
+/// same overshooting proposal; the ladder clears the momentum when the driver can reset it, and
+/// the descent converges within the ladder's bound on rejection runs.
+#[test]
+fn heavy_ball_with_the_paper_epsilon_converges_through_the_reset_rung() {
+    let config = ControllerConfig::default().with_epsilon(0.5);
+    let (loss, counters) = heavy_ball(&config, 1.0, true);
+    assert!(loss < 1e-3, "final f = {loss}, {counters:?}");
+    assert!(counters.optimizer_resets >= 1, "{counters:?}");
+    assert!(counters.longest_rejection_run <= 12 * 5, "{counters:?}");
+}

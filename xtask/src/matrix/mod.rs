@@ -153,7 +153,13 @@ fn run_once(
         return RunLog::read_jsonl(&records);
     }
     std::fs::create_dir_all(runs_dir).map_err(io(runs_dir))?;
-    let checkpoints = runs_dir.join("checkpoints");
+    // Of this run and this process alone: two shards may train the same clean run at once.
+    let checkpoints = runs_dir.join("checkpoints").join(format!(
+        "{}_{}_seed{seed}-{}",
+        model.name(),
+        arm.name(),
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&checkpoints);
     let bar = ProgressBar::with_draw_target(
         Some(plan.steps),

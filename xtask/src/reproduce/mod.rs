@@ -145,6 +145,9 @@ pub fn run(plan: &Plan) -> Result<(), XtaskError> {
     write_file(&plan.out.join("report.md"), &report)?;
 
     verify_outputs(plan, &runs, &figures)?;
+    if plan.require_detection {
+        check_detection(plan)?;
+    }
     println!("\n{}", summary_text(plan, &runs));
     println!(
         "wrote {} run records, {} figures and report.md to {} in {seconds:.0} s",
@@ -153,6 +156,71 @@ pub fn run(plan: &Plan) -> Result<(), XtaskError> {
         plan.out.display()
     );
     Ok(())
+}
+
+/// `--require-detection`: reads the run records back from `runs/` and checks that the controlled
+/// arm rejected a step inside the failure window in every (model, seed), and that the clean arm
+/// (when run) rejected nothing.
+fn check_detection(plan: &Plan) -> Result<(), XtaskError> {
+    use records::Arm;
+    if !plan.arms.contains(&Arm::Controlled) {
+        return Err(XtaskError::Check(
+            "--require-detection needs the controlled arm".to_owned(),
+        ));
+    }
+    let window = plan.window();
+    let mut failures = Vec::new();
+    for &model in &plan.models {
+        for seed in plan.first_seed..plan.first_seed + plan.seeds {
+            let path = |arm: Arm| {
+                plan.out.join("runs").join(format!(
+                    "{}_{}_seed{seed}.jsonl",
+                    model.name(),
+                    arm.name()
+                ))
+            };
+            let controlled = RunLog::read_jsonl(&path(Arm::Controlled))?;
+            if !controlled
+                .steps
+                .iter()
+                .any(|s| window.contains(s.step) && s.rejected)
+            {
+                failures.push(format!(
+                    "{} seed {seed}: the controlled arm rejected no step in [{}, {})",
+                    model.name(),
+                    window.start,
+                    window.end()
+                ));
+            }
+            if plan.arms.contains(&Arm::Clean) {
+                let clean = RunLog::read_jsonl(&path(Arm::Clean))?;
+                let false_positives: Vec<u64> = clean
+                    .steps
+                    .iter()
+                    .filter(|s| s.rejected)
+                    .map(|s| s.step)
+                    .collect();
+                if !false_positives.is_empty() {
+                    failures.push(format!(
+                        "{} seed {seed}: the clean arm rejected steps {false_positives:?}",
+                        model.name()
+                    ));
+                }
+            }
+        }
+    }
+    if failures.is_empty() {
+        println!(
+            "detection check: the fault was caught in every seed of every model, and the clean \
+             arm rejected nothing"
+        );
+        Ok(())
+    } else {
+        Err(XtaskError::Check(format!(
+            "detection check failed: {}",
+            failures.join("; ")
+        )))
+    }
 }
 
 /// Reads every `runs/*.jsonl` of the `--from-records` folders, keeping the plan's models, arms

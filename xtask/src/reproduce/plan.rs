@@ -89,6 +89,9 @@ pub struct Plan {
     /// Keep finished runs and resume the one in flight from its checkpoint (`--resume`).
     #[serde(skip)]
     pub resume: bool,
+    /// Check detection from the records (`--require-detection`).
+    #[serde(skip)]
+    pub require_detection: bool,
 }
 
 impl Plan {
@@ -182,6 +185,7 @@ impl Plan {
         plan.progress = !a.quiet;
         plan.from_records = a.from_records.clone();
         plan.resume = a.resume;
+        plan.require_detection = a.require_detection;
         plan.validate()?;
         Ok(plan)
     }
@@ -224,6 +228,7 @@ impl Plan {
             progress: true,
             from_records: Vec::new(),
             resume: false,
+            require_detection: false,
         };
         match name {
             PresetName::Cpu => cpu,
@@ -379,7 +384,9 @@ mod tests {
         let mut argv = vec!["cargo xtask", "reproduce"];
         argv.extend(args);
         let cli = crate::cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
-        let crate::cli::Command::Reproduce(r) = cli.command;
+        let crate::cli::Command::Reproduce(r) = cli.command else {
+            return Err("not a reproduce command".to_owned());
+        };
         Plan::from_args(&r).map_err(|e| e.to_string())
     }
 

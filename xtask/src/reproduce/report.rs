@@ -25,6 +25,72 @@ pub fn model_summaries(plan: &Plan, runs: &[RunLog], model: ModelKind) -> Vec<Ar
         .collect()
 }
 
+/// Seeds of `arm` (one model) with a rejection inside the failure window, and how many seeds.
+pub fn caught(plan: &Plan, runs: &[RunLog], model: ModelKind, arm: Arm) -> (usize, usize) {
+    let window = plan.window();
+    let of_arm: Vec<&RunLog> = runs
+        .iter()
+        .filter(|r| r.model == model && r.arm == arm)
+        .collect();
+    let caught = of_arm
+        .iter()
+        .filter(|r| {
+            r.steps
+                .iter()
+                .any(|s| window.contains(s.step) && s.rejected)
+        })
+        .count();
+    (caught, of_arm.len())
+}
+
+/// The report's first line: what was injected, what stab's defaults did, and where each arm
+/// ended against the clean run.
+pub fn headline(plan: &Plan, runs: &[RunLog]) -> String {
+    let fault = match plan.fault_kind {
+        FaultChoice::GradientScale => format!("gradients ×{}", plan.zeta),
+        FaultChoice::LrScale => format!("learning rate ×{}", plan.zeta),
+        FaultChoice::NanGradient => "NaN gradients".to_owned(),
+    };
+    let mut parts = Vec::new();
+    for &model in &plan.models {
+        let summaries = model_summaries(plan, runs, model);
+        if summaries.is_empty() {
+            continue;
+        }
+        let mut text = model.label().to_owned();
+        let controlled = summaries.iter().find(|s| s.arm == Arm::Controlled);
+        if let Some(s) = controlled {
+            let (caught, seeds) = caught(plan, runs, model, Arm::Controlled);
+            let a = s.actions;
+            let _ = write!(
+                text,
+                ": stab's defaults caught it in {caught} of {seeds} seeds ({} gate skips, {} \
+                 restores, {} rewinds, {} optimizer resets, {} stops)",
+                a.skips, a.restores, a.rewinds, a.resets, a.stops
+            );
+        }
+        let ratios: Vec<String> = summaries
+            .iter()
+            .filter(|s| s.arm != Arm::Clean)
+            .filter_map(|s| {
+                s.last10_vs_clean
+                    .as_ref()
+                    .map(|r| format!("{} ×{:.3}", s.arm.name(), r.mean))
+            })
+            .collect();
+        if !ratios.is_empty() {
+            let _ = write!(text, "; last-10 probe loss vs clean: {}", ratios.join(", "));
+        }
+        parts.push(text);
+    }
+    format!(
+        "**In one line:** injected {fault} at steps [{}, {}); {}.",
+        plan.fault_start,
+        plan.fault_start + plan.fault_len,
+        parts.join(". ")
+    )
+}
+
 /// Renders report.md.
 pub fn render(
     plan: &Plan,
@@ -35,6 +101,7 @@ pub fn render(
 ) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# stab reproduction — preset `{}`\n", plan.preset);
+    let _ = writeln!(md, "{}\n", headline(plan, runs));
     let data: Vec<String> = {
         let mut d: Vec<String> = runs
             .iter()
