@@ -1,0 +1,104 @@
+//! Protection from the first steps (issue 19), on a real Burn model with AdamW: a ×300 gradient
+//! at step 5 and a ×100 learning rate at step 6 are rejected by the young gates (their ratio to
+//! the median of the accepted norms), and no other step is rejected. A rejected proposal is
+//! restored bit for bit (parameters, AdamW state, running statistics). A gate skip never steps
+//! the optimizer, so parameters and optimizer state are untouched, but the training forward that
+//! produced the gradient has already moved BatchNorm's running statistics, and a skip restores
+//! nothing (see "What a rejection does not roll back" in docs/ARCHITECTURE.md).
+
+mod common;
+
+use common::{Net, StateBytes, adamw, batch, grads, probe};
+use stab_burn::{Fault, FaultKind, FaultSchedule, Guard, GuardConfig, StepAction};
+use stab_core::{GateTest, RejectionReason};
+
+const STEPS: u64 = 20;
+
+/// Trains 20 steps under stab's defaults with `faults`; returns each rejection (step, reason)
+/// and checks that the state after a rejected step is the state before it.
+fn rejections(faults: &FaultSchedule, lr: f64) -> Vec<(u64, RejectionReason)> {
+    let device = common::training_device();
+    device.seed(3);
+    let mut model = Net::new(&device);
+    let mut guard = Guard::builder(GuardConfig::default())
+        .probe(probe(&device))
+        .build(&model, adamw())
+        .unwrap();
+    let mut rejected = Vec::new();
+    for t in 0..STEPS {
+        let before = StateBytes::of(&model, guard.optimizer());
+        let (g, _) = grads(&model, &batch(t, 16, &device));
+        let g = faults.grads(t, g, &model);
+        let out = guard.step(faults.lr(t, lr), model, g).unwrap();
+        model = out.model;
+        if let Some(reason) = out
+            .report
+            .record
+            .as_ref()
+            .and_then(|r| r.decision.rejection_reason())
+        {
+            rejected.push((t, reason));
+            let after = StateBytes::of(&model, guard.optimizer());
+            match out.report.action {
+                StepAction::Restore => common::assert_same_state(&before, &after),
+                StepAction::Skip => {
+                    let params = |s: &StateBytes| -> Vec<(String, Vec<u8>)> {
+                        s.tensors
+                            .iter()
+                            .filter(|(_, _, trainable, _)| *trainable)
+                            .map(|(id, _, _, bytes)| (id.clone(), bytes.clone()))
+                            .collect()
+                    };
+                    assert_eq!(params(&before), params(&after), "a skip leaves θ");
+                    assert_eq!(before.optim_tensors, after.optim_tensors, "and O");
+                    assert_eq!(before.optim_scalars, after.optim_scalars);
+                }
+                other => panic!("step {t}: {other:?}"),
+            }
+        }
+    }
+    rejected
+}
+
+#[test]
+fn a_zeta_300_gradient_at_step_5_is_skipped_by_the_young_gradient_gate() {
+    let faults =
+        FaultSchedule::new(0).with(Fault::new(FaultKind::GradientScale { factor: 300.0 }, 5, 1));
+    let rejected = rejections(&faults, 1e-3);
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    let (step, reason) = rejected[0];
+    assert_eq!(step, 5);
+    assert!(
+        matches!(
+            reason,
+            RejectionReason::GradientGate { score, limit, test: GateTest::MedianRatio, .. }
+                if score > 100.0 && limit == 8.0
+        ),
+        "{reason:?}"
+    );
+}
+
+#[test]
+fn a_learning_rate_spike_at_step_6_is_rejected_by_the_young_update_gate() {
+    let faults = FaultSchedule::new(0).with(Fault::new(
+        FaultKind::LearningRateScale { factor: 100.0 },
+        6,
+        1,
+    ));
+    let rejected = rejections(&faults, 1e-3);
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    let (step, reason) = rejected[0];
+    assert_eq!(step, 6);
+    assert!(
+        matches!(
+            reason,
+            RejectionReason::UpdateGate { score, test: GateTest::MedianRatio, .. } if score > 8.0
+        ),
+        "{reason:?}"
+    );
+}
+
+#[test]
+fn the_same_run_without_a_fault_rejects_nothing() {
+    assert_eq!(rejections(&FaultSchedule::new(0), 1e-3), Vec::new());
+}
