@@ -70,9 +70,12 @@ impl Default for DriftConfig {
 ///   the median of the accepted norms is rejected. A median of three values is already robust to
 ///   one outlier, and a ratio needs no spread estimate, so this stage can start almost at once; it
 ///   is generous because early training legitimately changes its norms by small factors.
-/// - **warm** (≥ `warmup` accepted norms): a z-score above `z` against the last `window` accepted
-///   norms is rejected. The spread is floored at `min_relative_spread · mean` so that a run with
-///   very steady norms does not reject noise.
+/// - **warm** (≥ `warmup` accepted norms): a robust z-score above `z` against the last `window`
+///   accepted norms is rejected: `(norm − median) / max(1.4826 · MAD, min_relative_spread ·
+///   median)`. Median and MAD, not mean and standard deviation: one outlier let through after
+///   `patience` would otherwise inflate the spread and blind the gate to the rest of a long fault
+///   (seen on the `cpu` matrix: a ×300 gradient accepted at the 17th step of a 30-step fault let
+///   the other 13 through). The floor keeps a run with very steady norms from rejecting noise.
 ///
 /// Both statistics are ratios of norms, so the gate does not depend on the norms' unit. Before
 /// `min_history` accepted norms only non-finite norms are rejected. After `patience` gate
@@ -81,12 +84,12 @@ impl Default for DriftConfig {
 ///
 /// The default limit of the gradient gate, z = 12, aims at blow-ups (a ×300 gradient scores
 /// z > 1000 on the `cpu` reproduction), not at ordinary outlier batches, which the probe judges by
-/// their effect: the largest z of a nominal step seen there was 9.6 (a 3.6× gradient at step 49 of
-/// a clean ResNet-18 run). OLMo-core's skip-step optimizer uses 6σ over 128 steps. The young
+/// their effect: the largest robust z of a nominal step seen there was 9.8 (a 3.6× gradient at
+/// step 49 of a clean ResNet-18 run; 2.1 for the Transformer; 2.8 for a nominal update). OLMo-core's skip-step optimizer uses 6σ over 128 steps. The young
 /// limit, 8 times the median, is 5.5 times the largest young ratio of a nominal gradient seen in
 /// the clean `cpu` runs (1.45, ResNet-18, seeds 0–9; 1.01 for the Transformer); a ×300 gradient
 /// at step 10 scores about 300. The update gate has the same defaults: AdamW's update sizes are
-/// steadier still (largest nominal z 1.8, largest young ratio 0.98), and with plain SGD the
+/// steadier still (largest nominal robust z 2.8, largest young ratio 0.98), and with plain SGD the
 /// update is the gradient times the learning rate, so the gradient's margins carry over.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -81,16 +81,19 @@ impl NormGate {
         GateVerdict::Pass
     }
 
+    /// A robust z-score: against the median and the scaled median absolute deviation, so that
+    /// one outlier let through (after `patience`) does not blind the test to the next ones, as it
+    /// would a mean and standard deviation.
     fn z_test(&self, norm: f64) -> GateVerdict {
         let limit = self.config.z;
-        let Some((mean, std)) = self.window.mean_and_std() else {
+        let Some((median, spread)) = self.window.median_and_spread() else {
             return GateVerdict::Pass;
         };
-        let spread = std.max(self.config.min_relative_spread * mean.abs());
+        let spread = spread.max(self.config.min_relative_spread * median.abs());
         if spread <= 0.0 {
             return GateVerdict::Pass;
         }
-        let score = (norm - mean) / spread;
+        let score = (norm - median) / spread;
         if score > limit {
             GateVerdict::Reject {
                 norm,
