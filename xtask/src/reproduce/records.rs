@@ -20,8 +20,8 @@ pub enum Arm {
     /// stab's defaults: the probe signal with drift detection, the gradient gate, the snapshot
     /// ring and the escalation ladder.
     Controlled,
-    /// The same without the gradient gate: the probe signal alone decides (with drift detection
-    /// and the ladder).
+    /// The same without the gradient and update gates: the probe signal alone decides (with the
+    /// scale-free ε, drift detection and the ladder).
     ProbeOnly,
     /// Algorithm 1 exactly as the paper states it: probe signal, `ν ≤ ε`, plain rollback.
     Algorithm1,
@@ -58,7 +58,7 @@ impl Arm {
             Arm::Clean => "clean (no fault, stab defaults)",
             Arm::Baseline => "baseline (no controller)",
             Arm::Controlled => "controlled (stab defaults)",
-            Arm::ProbeOnly => "controlled, gate off (probe alone)",
+            Arm::ProbeOnly => "controlled, gates off (probe alone)",
             Arm::Algorithm1 => "Algorithm 1 (plain rollback)",
             Arm::LossRollback => "loss-spike rollback",
         }

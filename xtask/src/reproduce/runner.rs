@@ -218,7 +218,13 @@ fn guard_config(plan: &Plan, arm: Arm) -> GuardConfig {
             .with_controller(stab)
             .with_mode(GuardMode::Observe),
         Arm::Clean | Arm::Controlled => GuardConfig::default().with_controller(stab),
-        Arm::ProbeOnly => GuardConfig::default().with_controller(stab.with_gradient_gate(false)),
+        Arm::ProbeOnly => GuardConfig::default().with_controller(
+            stab.with_gradient_gate(false)
+                .with_update_gate(stab_core::GateConfig {
+                    enabled: false,
+                    ..stab_core::GateConfig::default()
+                }),
+        ),
         Arm::Algorithm1 => GuardConfig::default().with_controller(
             ControllerConfig::algorithm_1()
                 .with_epsilon(plan.epsilon.unwrap_or(stab_core::PAPER_EPSILON))
