@@ -573,3 +573,119 @@ fn the_monitor_is_on_by_default_follows_accepted_measurements_and_can_be_turned_
     measured(&mut p, None, 1.25);
     assert!(p.monitor().is_none(), "stays off");
 }
+
+/// One measured step with an update norm: begin, decide with the update, complete.
+fn measured_update(
+    p: &mut StepProtocol,
+    y: f64,
+    update: Option<f64>,
+) -> (Directive, stab_core::Completed) {
+    assert!(matches!(
+        p.begin_step(None).unwrap(),
+        StepPlan::Propose { measure: true }
+    ));
+    let directive = p.decide_with_update(Some(y), update).unwrap();
+    (directive, p.complete(Completion::default()).unwrap())
+}
+
+fn update_gate_reason(done: &stab_core::Completed) -> Option<(f64, stab_core::GateTest)> {
+    match done.record.as_ref()?.decision.rejection_reason()? {
+        RejectionReason::UpdateGate { score, test, .. } => Some((score, test)),
+        _ => None,
+    }
+}
+
+#[test]
+fn the_update_gate_rejects_an_outsized_update_from_the_fourth_step_and_keeps_its_patience() {
+    let config = ControllerConfig::default().with_update_gate(GateConfig {
+        patience: 2,
+        ..GateConfig::default()
+    });
+    let mut p = started(&config, Mode::Enforce, Some(1.0));
+    // Two accepted updates: too few for the young test, so even ×100 passes.
+    measured_update(&mut p, 0.99, Some(1.0));
+    measured_update(&mut p, 0.98, Some(1.0));
+    let (d, done) = measured_update(&mut p, 0.97, Some(100.0));
+    assert!(
+        matches!(d, Directive::Commit(_)),
+        "two norms: not watching yet"
+    );
+    assert_eq!(update_gate_reason(&done), None);
+    // Now [1, 1, 100]: median 1. A ×20 update is rejected (ratio 20 > 8), the measurement fine.
+    let (d, done) = measured_update(&mut p, 0.96, Some(20.0));
+    assert_eq!(d, Directive::Restore);
+    assert_eq!(
+        update_gate_reason(&done),
+        Some((20.0, stab_core::GateTest::MedianRatio))
+    );
+    assert_eq!(done.record.as_ref().unwrap().action, Action::Restore);
+    let (_, done) = measured_update(&mut p, 0.96, Some(20.0));
+    assert!(update_gate_reason(&done).is_some(), "second in a row");
+    // Patience 2 spent: the third is let through to the probe, which accepts it.
+    let (d, done) = measured_update(&mut p, 0.96, Some(20.0));
+    assert!(matches!(d, Directive::Commit(_)), "{done:?}");
+    // The streak starts over; the accepted norms are now [1, 1, 100, 20] (median 10.5).
+    let (_, done) = measured_update(&mut p, 0.95, Some(84.0));
+    assert_eq!(update_gate_reason(&done), None, "84 / 10.5 = 8 is not above 8");
+    let (_, done) = measured_update(&mut p, 0.95, Some(200.0));
+    assert!(update_gate_reason(&done).is_some());
+    // No update norm: the gate is not consulted.
+    let (d, _) = measured_update(&mut p, 0.95, None);
+    assert!(matches!(d, Directive::Commit(_)));
+    // A non-finite update is rejected at any age.
+    let (_, done) = measured_update(&mut p, 0.95, Some(f64::NAN));
+    assert_eq!(
+        update_gate_reason(&done).map(|(_, test)| test),
+        Some(stab_core::GateTest::NonFinite)
+    );
+    // A measurement that is rejected on its own keeps its own reason.
+    let (_, done) = measured_update(&mut p, 50.0, Some(1000.0));
+    assert!(matches!(
+        done.record.unwrap().decision.rejection_reason(),
+        Some(RejectionReason::InnovationAboveThreshold { .. })
+    ));
+}
+
+#[test]
+fn the_update_gate_decides_in_observe_mode_too_and_can_be_turned_off() {
+    let mut p = started(&ControllerConfig::default(), Mode::Observe, Some(1.0));
+    for _ in 0..3 {
+        measured_update(&mut p, 0.99, Some(1.0));
+    }
+    let (d, done) = measured_update(&mut p, 0.98, Some(50.0));
+    assert_eq!(d, Directive::Keep, "observe keeps every proposal");
+    assert!(update_gate_reason(&done).is_some());
+    assert_eq!(done.action, Action::Observe);
+
+    let off = ControllerConfig::default().with_update_gate(GateConfig {
+        enabled: false,
+        ..GateConfig::default()
+    });
+    let mut p = started(&off, Mode::Enforce, Some(1.0));
+    for _ in 0..3 {
+        measured_update(&mut p, 0.99, Some(1.0));
+    }
+    let (d, _) = measured_update(&mut p, 0.98, Some(50.0));
+    assert!(matches!(d, Directive::Commit(_)));
+}
+
+#[test]
+fn the_scale_free_threshold_is_in_every_record_and_follows_the_level() {
+    let mut p = started(&ControllerConfig::default(), Mode::Enforce, Some(4.0));
+    // Young: half the level above the last accepted measurement.
+    let (_, done) = measured(&mut p, None, 4.0);
+    assert_eq!(done.record.unwrap().threshold, 2.0);
+    let (d, done) = measured(&mut p, None, 6.5);
+    assert_eq!(d, Directive::Restore, "+2.5 > 0.5 · 4");
+    assert_eq!(done.record.unwrap().threshold, 2.0);
+    let (d, _) = measured(&mut p, None, 5.9);
+    assert!(matches!(d, Directive::Commit(_)), "+1.9 ≤ 2");
+    assert!(p.acceptance().is_some());
+    // An absolute ε keeps no scale-free threshold.
+    let p = started(
+        &ControllerConfig::default().with_epsilon(0.5),
+        Mode::Enforce,
+        Some(4.0),
+    );
+    assert!(p.acceptance().is_none());
+}

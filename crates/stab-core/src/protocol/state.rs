@@ -4,7 +4,8 @@
 //! [`StepProtocol::save_state`] takes it between steps; [`StepProtocol::from_state`] rebuilds the
 //! protocol, after checking the format version and that it belongs to the configuration it is
 //! resumed with. It holds the controller (the signal's history: ŷ, or a spike window; the
-//! counters), the safety monitor's running extremes, the drift detector and the gradient gate,
+//! counters), the safety monitor's running extremes, the drift detector, the gradient and update
+//! gates and the scale-free threshold (version 2),
 //! every ring slot's bookkeeping (position, depth, fingerprint and the controller's state at that
 //! snapshot, which a later rewind restores), the escalation ladder, the step index and the
 //! gradient norms of unprobed steps waiting for their verdict. The model and optimizer states the
