@@ -163,3 +163,83 @@ fn an_absolute_epsilon_depends_on_the_unit() {
     );
     assert!(plain.iter().all(|o| o.threshold == PAPER_EPSILON));
 }
+
+/// A ten-line reference of the scale-free rule: ε_t recomputed from the whole accepted history
+/// at every step (median and MAD by sorting), ŷ as Algorithm 1's EWMA.
+struct Reference {
+    yhat: f64,
+    last: f64,
+    initial_scale: f64,
+    changes: Vec<f64>,
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        v[mid - 1] / 2.0 + v[mid] / 2.0
+    }
+}
+
+impl Reference {
+    fn epsilon(&self) -> f64 {
+        let window = &self.changes[self.changes.len().saturating_sub(64)..];
+        let warm = window.len() >= 16;
+        let spread = if warm {
+            let m = median(window);
+            let deviations: Vec<f64> = window.iter().map(|c| (c - m).abs()).collect();
+            1.482_602_218_505_602 * median(&deviations)
+        } else {
+            0.0
+        };
+        let relative = if warm { 0.25 } else { 0.5 };
+        let headroom = (12.0 * spread)
+            .max(relative * self.yhat.abs())
+            .max(1e-3 * self.initial_scale);
+        (self.last - self.yhat).max(0.0) + headroom
+    }
+
+    /// Decides on `y`; returns (accepted, ε).
+    fn decide(&mut self, y: f64) -> (bool, f64) {
+        let epsilon = self.epsilon();
+        let accepted = y.is_finite() && y - self.yhat <= epsilon;
+        if accepted {
+            self.changes.push(y - self.last);
+            self.last = y;
+            let blended = 0.9 * self.yhat + 0.1 * y;
+            self.yhat = blended.clamp(y.min(self.yhat), y.max(self.yhat));
+        }
+        (accepted, epsilon)
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The protocol's scale-free decisions and ε_t (bit for bit) equal the reference's, on runs
+    /// long enough to fill the spread's window (gates and ladder off, so that the rule alone
+    /// decides).
+    #[test]
+    fn the_scale_free_rule_matches_its_reference((y0, steps) in runs(), extra in 0usize..90) {
+        let mut config = ControllerConfig::default().with_gradient_gate(false);
+        config.update_gate.enabled = false;
+        config.ladder.enabled = false;
+        let steps: Vec<(f64, f64, f64)> = steps.iter().cycle().take(steps.len() + extra).copied().collect();
+        let outcomes = drive(&config, y0, &steps, 1.0);
+        let mut reference = Reference {
+            yhat: y0,
+            last: y0,
+            initial_scale: y0.abs(),
+            changes: Vec::new(),
+        };
+        prop_assert_eq!(outcomes.len(), steps.len());
+        for (i, (o, &(y, _, _))) in outcomes.iter().zip(&steps).enumerate() {
+            let (accepted, epsilon) = reference.decide(y);
+            prop_assert_eq!(o.accepted, Some(accepted), "step {}", i);
+            prop_assert_eq!(o.threshold.to_bits(), epsilon.to_bits(), "step {}: ε", i);
+        }
+    }
+}

@@ -626,7 +626,11 @@ fn the_update_gate_rejects_an_outsized_update_from_the_fourth_step_and_keeps_its
     assert!(matches!(d, Directive::Commit(_)), "{done:?}");
     // The streak starts over; the accepted norms are now [1, 1, 100, 20] (median 10.5).
     let (_, done) = measured_update(&mut p, 0.95, Some(84.0));
-    assert_eq!(update_gate_reason(&done), None, "84 / 10.5 = 8 is not above 8");
+    assert_eq!(
+        update_gate_reason(&done),
+        None,
+        "84 / 10.5 = 8 is not above 8"
+    );
     let (_, done) = measured_update(&mut p, 0.95, Some(200.0));
     assert!(update_gate_reason(&done).is_some());
     // No update norm: the gate is not consulted.
