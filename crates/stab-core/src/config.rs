@@ -341,6 +341,70 @@ mod tests {
                 "{err}"
             );
         }
+        for ratio in [1.0, 0.5, f64::NAN, f64::INFINITY] {
+            let gate = GateConfig {
+                early_ratio: ratio,
+                ..GateConfig::default()
+            };
+            let err = base.clone().with_update_gate(gate).validate().unwrap_err();
+            assert!(
+                matches!(err, ConfigError::NotAbove { field: "update_gate.early_ratio", bound, .. } if bound == 1.0),
+                "{err}"
+            );
+        }
+        let gate = GateConfig {
+            min_history: 0,
+            ..GateConfig::default()
+        };
+        let err = base.clone().with_gate(gate.clone()).validate().unwrap_err();
+        assert!(err.to_string().contains("gate.min_history = 0"), "{err}");
+        let err = base.clone().with_update_gate(gate).validate().unwrap_err();
+        assert!(
+            err.to_string().contains("update_gate.min_history = 0"),
+            "{err}"
+        );
+        let gate = GateConfig {
+            early_ratio: 1.0 + 1e-9,
+            min_history: 1,
+            ..GateConfig::default()
+        };
+        assert_eq!(base.clone().with_update_gate(gate).validate(), Ok(()));
+        for (edit, field) in [
+            (
+                (|a: &mut AcceptanceConfig| a.window = 1) as fn(&mut AcceptanceConfig),
+                "acceptance.window",
+            ),
+            (|a| a.warmup = 65, "acceptance.warmup"),
+            (|a| a.spread_multiple = -1.0, "acceptance.spread_multiple"),
+            (|a| a.relative_floor = 0.0, "acceptance.relative_floor"),
+            (
+                |a| a.young_relative_floor = f64::NAN,
+                "acceptance.young_relative_floor",
+            ),
+            (
+                |a| a.floor_fraction = f64::INFINITY,
+                "acceptance.floor_fraction",
+            ),
+        ] {
+            let mut acceptance = AcceptanceConfig::default();
+            edit(&mut acceptance);
+            let err = base
+                .clone()
+                .with_scale_free_epsilon(acceptance)
+                .validate()
+                .unwrap_err();
+            assert!(err.to_string().contains(field), "{field}: {err}");
+        }
+        let zero_floors = AcceptanceConfig {
+            spread_multiple: 0.0,
+            floor_fraction: 0.0,
+            warmup: 64,
+            ..AcceptanceConfig::default()
+        };
+        assert_eq!(
+            base.clone().with_scale_free_epsilon(zero_floors).validate(),
+            Ok(())
+        );
         let drift = DriftConfig {
             slack_spreads: 0.0,
             ..DriftConfig::default()
@@ -409,6 +473,40 @@ mod tests {
             ladder,
         };
         assert_eq!(built, expected);
+        let acceptance = AcceptanceConfig {
+            spread_multiple: 3.0,
+            ..AcceptanceConfig::default()
+        };
+        let update_gate = GateConfig {
+            early_ratio: 4.0,
+            ..GateConfig::default()
+        };
+        let scale_free = built
+            .clone()
+            .with_scale_free_epsilon(acceptance.clone())
+            .with_update_gate(update_gate.clone());
+        assert_eq!(
+            scale_free,
+            ControllerConfig {
+                epsilon: None,
+                acceptance,
+                update_gate,
+                ..built
+            }
+        );
+        assert_eq!(scale_free.absolute_epsilon(), PAPER_EPSILON);
+        assert_eq!(
+            ControllerConfig::default()
+                .with_epsilon(0.3)
+                .absolute_epsilon(),
+            0.3
+        );
+        assert!(
+            !ControllerConfig::default()
+                .with_signal(SignalKind::LossSpike)
+                .scale_free(),
+            "scores have no unit: the absolute rule"
+        );
         let toggled = base
             .clone()
             .with_drift_detection(!base.drift.enabled)
