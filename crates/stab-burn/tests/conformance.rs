@@ -60,8 +60,10 @@ fn script() -> Vec<f64> {
 /// The scripted measurements are in units of the paper's ε; the update gate is off because the
 /// closure `Supervisor` has no update norm to give it (the Guard does).
 fn config() -> ControllerConfig {
-    let mut update_gate = GateConfig::default();
-    update_gate.enabled = false;
+    let update_gate = GateConfig {
+        enabled: false,
+        ..GateConfig::default()
+    };
     ControllerConfig::default()
         .with_epsilon(0.5)
         .with_update_gate(update_gate)

@@ -97,8 +97,10 @@ impl ControllerConfig {
     /// restores the last accepted state, which can freeze a run whose accepted optimizer state
     /// was damaged; use it to compare with the paper, not to protect a run.
     pub fn algorithm_1() -> Self {
-        let mut config = Self::default();
-        config.epsilon = Some(PAPER_EPSILON);
+        let mut config = Self {
+            epsilon: Some(PAPER_EPSILON),
+            ..Self::default()
+        };
         config.drift.enabled = false;
         config.gate.enabled = false;
         config.update_gate.enabled = false;

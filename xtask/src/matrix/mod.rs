@@ -336,7 +336,7 @@ fn draw(summaries: &[CellSummary], stem: &Path) -> Result<Vec<PathBuf>, XtaskErr
             .map(|(i, s)| {
                 let v = pick(s);
                 let mean = v.iter().sum::<f64>() / v.len() as f64;
-                (i as f64, mean.max(1e-3).min(1e6).log10())
+                (i as f64, mean.clamp(1e-3, 1e6).log10())
             })
             .collect(),
         band: Vec::new(),

@@ -501,18 +501,17 @@ impl StepProtocol {
                 limit,
                 test,
             } = gate.check(norm)
+            && self.update_streak < self.config.update_gate.patience
         {
-            if self.update_streak < self.config.update_gate.patience {
-                update_gated = true;
-                decision = Decision::Rejected {
-                    reason: RejectionReason::UpdateGate {
-                        norm,
-                        score,
-                        limit,
-                        test,
-                    },
-                };
-            }
+            update_gated = true;
+            decision = Decision::Rejected {
+                reason: RejectionReason::UpdateGate {
+                    norm,
+                    score,
+                    limit,
+                    test,
+                },
+            };
         }
         self.update_streak = if update_gated {
             self.update_streak + 1
