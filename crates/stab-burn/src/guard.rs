@@ -17,7 +17,9 @@ use crate::error::{GuardError, ProbeError, StoreError};
 use crate::fingerprint::state_fingerprint;
 use crate::probe::Measure;
 use crate::report::{GuardedStep, StepReport, StepTimings};
-use crate::signals::{gradient_cosine, gradient_norm, reference_gradients, update_norm};
+use crate::signals::{
+    gradient_cosine, gradient_norm, reference_gradients, scale_gradients, update_norm,
+};
 use crate::store::{StateStore, StoreMemory};
 
 /// Inputs a step's measurement may need besides the model and its gradients.
@@ -232,6 +234,11 @@ impl<M: Module + 'static> Guard<M> {
                 // copied) to measure ‖θ_prop − θ_t‖ after the step.
                 let previous =
                     (measure && self.config.controller.update_gate.enabled).then(|| model.clone());
+                // The gate's patience is spent on an outsized gradient: it passes clipped.
+                let grads = match self.protocol.gradient_clip() {
+                    Some(factor) => scale_gradients(grads, &model, factor),
+                    None => grads,
+                };
                 let clock = Instant::now();
                 let proposal = self.optim.step(lr, model, grads);
                 timings.optimizer = clock.elapsed();

@@ -102,6 +102,31 @@ pub fn update_norm<M: Module>(before: &M, after: &M) -> Result<f64, SignalError>
     Ok(values[0].sqrt())
 }
 
+/// `grads` with every gradient of `model`'s trainable parameters multiplied by `factor`: the
+/// clipped gradient the gate lets through once its patience is spent
+/// (`StepProtocol::gradient_clip`).
+pub fn scale_gradients<M: Module>(
+    grads: GradientsParams,
+    model: &M,
+    factor: f64,
+) -> GradientsParams {
+    struct Scale {
+        grads: GradientsParams,
+        factor: f64,
+    }
+    impl ModuleVisitor for Scale {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.remove::<D>(param.id) {
+                self.grads
+                    .register::<D>(param.id, g.mul_scalar(self.factor));
+            }
+        }
+    }
+    let mut scale = Scale { grads, factor };
+    model.visit(&mut scale);
+    scale.grads
+}
+
 /// Gradients of `loss(model)` computed without leaving a trace in `model`'s running statistics.
 ///
 /// For the gradient-agreement signal a second, reference minibatch goes through the model in

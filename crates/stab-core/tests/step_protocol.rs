@@ -693,3 +693,65 @@ fn the_scale_free_threshold_is_in_every_record_and_follows_the_level() {
     );
     assert!(p.acceptance().is_none());
 }
+
+/// One step with a gradient norm: `Some(clip)` if it was proposed (with the gate's clip factor),
+/// `None` if the gate skipped it.
+fn gated_step(p: &mut StepProtocol, norm: f64, y: f64) -> Option<Option<f64>> {
+    let proposed = match p.begin_step(Some(norm)).unwrap() {
+        StepPlan::Skip => None,
+        StepPlan::Propose { .. } => {
+            let clip = p.gradient_clip();
+            p.decide(Some(y)).unwrap();
+            Some(clip)
+        }
+    };
+    p.complete(Completion::default()).unwrap();
+    proposed
+}
+
+#[test]
+fn after_its_patience_the_gate_passes_an_outsized_gradient_clipped_and_restarts_after_a_lasting_change()
+ {
+    let config = ControllerConfig::default().with_gate(GateConfig {
+        patience: 2,
+        restart_after: 2,
+        ..GateConfig::default()
+    });
+    let mut p = started(&config, Mode::Enforce, Some(1.0));
+    for _ in 0..3 {
+        assert_eq!(gated_step(&mut p, 1.0, 0.99), Some(None));
+    }
+    // Young ceiling: 8 × median 1 = 8.
+    assert_eq!(gated_step(&mut p, 100.0, 0.99), None);
+    assert_eq!(gated_step(&mut p, 100.0, 0.99), None);
+    assert_eq!(
+        gated_step(&mut p, 100.0, 0.99),
+        Some(Some(0.08)),
+        "patience spent: through, clipped to the ceiling"
+    );
+    // A nominal gradient passes on its own: no clip, and the count of let-throughs restarts.
+    assert_eq!(gated_step(&mut p, 1.0, 0.99), Some(None));
+    for _ in 0..2 {
+        assert_eq!(gated_step(&mut p, 100.0, 0.99), None);
+    }
+    assert_eq!(gated_step(&mut p, 100.0, 0.99), Some(Some(0.08)));
+    for _ in 0..2 {
+        assert_eq!(gated_step(&mut p, 100.0, 0.99), None);
+    }
+    // The second let-through in a row: clipped, and the gate starts over ...
+    assert_eq!(gated_step(&mut p, 100.0, 0.99), Some(Some(0.08)));
+    // ... so the new scale passes (too few norms to judge), and is judged from its third on.
+    for _ in 0..3 {
+        assert_eq!(gated_step(&mut p, 100.0, 0.99), Some(None));
+    }
+    assert_eq!(gated_step(&mut p, 110.0, 0.99), Some(None));
+    assert_eq!(gated_step(&mut p, 1e5, 0.99), None);
+    // A non-finite gradient cannot be clipped: after the patience it passes as it is.
+    let mut p = started(&config, Mode::Enforce, Some(1.0));
+    for _ in 0..3 {
+        gated_step(&mut p, 1.0, 0.99);
+    }
+    gated_step(&mut p, f64::NAN, 0.99);
+    gated_step(&mut p, f64::NAN, 0.99);
+    assert_eq!(gated_step(&mut p, f64::NAN, 0.99), Some(None));
+}

@@ -79,8 +79,14 @@ impl Default for DriftConfig {
 ///
 /// Both statistics are ratios of norms, so the gate does not depend on the norms' unit. Before
 /// `min_history` accepted norms only non-finite norms are rejected. After `patience` gate
-/// rejections in a row the next one is let through (to the optimizer and the probe), so the gate
-/// alone can never freeze a run whose norms changed for good.
+/// rejections in a row the next one is let through to the optimizer and the probe, so the gate
+/// alone can never freeze a run; the gradient gate lets it through *clipped* to its ceiling (the
+/// largest norm it would pass; drivers that can scale the gradient do so, stab-burn's `Guard`
+/// does), since one raw ×300 gradient is enough to poison AdamW's second moment for hundreds of
+/// steps (seen on the `cpu` matrix: a 30-step fault at step 10, the 17th gradient let through
+/// raw, the run stalled and ended 1.6× the clean run's loss). After `restart_after` such
+/// let-throughs with no norm passing on its own in between, the gate concludes that the norms
+/// changed for good and starts over (young again, from the norms that follow).
 ///
 /// The default limit of the gradient gate, z = 12, aims at blow-ups (a ×300 gradient scores
 /// z > 1000 on the `cpu` reproduction), not at ordinary outlier batches, which the probe judges by
@@ -110,6 +116,9 @@ pub struct GateConfig {
     pub early_ratio: f64,
     /// Gate rejections in a row after which one norm is let through.
     pub patience: u64,
+    /// Let-throughs in a row (with no norm passing on its own between them) after which the
+    /// gate forgets its statistics and starts over.
+    pub restart_after: u64,
 }
 
 impl Default for GateConfig {
@@ -123,6 +132,7 @@ impl Default for GateConfig {
             min_history: 3,
             early_ratio: 8.0,
             patience: 16,
+            restart_after: 4,
         }
     }
 }
@@ -346,7 +356,8 @@ impl GateConfig {
                 bound: 1.0,
             });
         }
-        count(names.patience, self.patience, 1, MAX_LADDER_COUNT)
+        count(names.patience, self.patience, 1, MAX_LADDER_COUNT)?;
+        count(names.restart_after, self.restart_after, 1, MAX_LADDER_COUNT)
     }
 }
 
@@ -359,6 +370,7 @@ pub(crate) struct GateFieldNames {
     min_history: &'static str,
     early_ratio: &'static str,
     patience: &'static str,
+    restart_after: &'static str,
 }
 
 /// The gradient gate's field names.
@@ -370,6 +382,7 @@ pub(crate) const GRADIENT_GATE_FIELDS: GateFieldNames = GateFieldNames {
     min_history: "gate.min_history",
     early_ratio: "gate.early_ratio",
     patience: "gate.patience",
+    restart_after: "gate.restart_after",
 };
 
 /// The update gate's field names.
@@ -381,6 +394,7 @@ pub(crate) const UPDATE_GATE_FIELDS: GateFieldNames = GateFieldNames {
     min_history: "update_gate.min_history",
     early_ratio: "update_gate.early_ratio",
     patience: "update_gate.patience",
+    restart_after: "update_gate.restart_after",
 };
 
 impl AcceptanceConfig {

@@ -127,6 +127,25 @@ impl NormGate {
         }
     }
 
+    /// The largest norm the gate passes now (`None` before `min_history` accepted norms, or when
+    /// the statistics give no bound).
+    pub fn ceiling(&self) -> Option<f64> {
+        let (median, spread) = self.window.median_and_spread()?;
+        if self.armed() {
+            let spread = spread.max(self.config.min_relative_spread * median.abs());
+            (spread > 0.0).then(|| median + self.config.z * spread)
+        } else if self.watching() {
+            (median > 0.0).then(|| self.config.early_ratio * median)
+        } else {
+            None
+        }
+    }
+
+    /// Forgets every accepted norm: the gate is young again (the norms changed for good).
+    pub fn restart(&mut self) {
+        self.window = Window::new(self.config.window);
+    }
+
     /// Folds in the norm of a step that was accepted.
     pub fn accept(&mut self, norm: f64) {
         if norm.is_finite() {

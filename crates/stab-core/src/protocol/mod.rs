@@ -207,7 +207,14 @@ pub struct StepProtocol {
     step: u64,
     phase: Phase,
     gate_streak: u64,
+    /// Gradients let through after the gate's patience, in a row (no gradient passing on its own
+    /// between them).
+    gate_passes: u64,
+    /// This step's gradient scale when the gate lets a gradient through clipped.
+    gradient_clip: Option<f64>,
     update_streak: u64,
+    /// Updates let through after the update gate's patience, in a row.
+    update_passes: u64,
     step_norm: Option<f64>,
     unprobed_norms: Vec<f64>,
     exhausted: Option<RecoveryExhausted>,
@@ -247,7 +254,10 @@ impl StepProtocol {
             step: 0,
             phase: Phase::Unstarted,
             gate_streak: 0,
+            gate_passes: 0,
+            gradient_clip: None,
             update_streak: 0,
+            update_passes: 0,
             step_norm: None,
             unprobed_norms: Vec::new(),
             exhausted: None,
@@ -405,6 +415,7 @@ impl StepProtocol {
         }
         let measure = (self.step + 1).is_multiple_of(self.config.probe_interval);
         self.step_norm = gradient_norm;
+        self.gradient_clip = None;
         self.refresh_threshold();
         if let (Some(norm), Some(gate), Some(controller), Mode::Enforce) = (
             gradient_norm,
@@ -440,13 +451,38 @@ impl StepProtocol {
                 }));
                 return Ok(StepPlan::Skip);
             }
-            // Patience spent: let this one through; the probe decides.
+            // Patience spent: let this one through, clipped to the gate's ceiling (a raw blow-up
+            // would poison the optimizer's moments); the probe decides.
             self.gate_streak = 0;
+            self.gate_passes += 1;
+            self.gradient_clip = gate
+                .ceiling()
+                .filter(|ceiling| norm.is_finite() && *ceiling < norm)
+                .map(|ceiling| ceiling / norm);
+            if self.gate_passes >= self.config.gate.restart_after
+                && let Some(gate) = self.gate.as_mut()
+            {
+                // The norms changed for good: start over from the ones that follow.
+                gate.restart();
+                self.gate_passes = 0;
+            }
         } else {
             self.gate_streak = 0;
+            if gradient_norm.is_some() {
+                self.gate_passes = 0;
+            }
         }
         self.phase = Phase::Proposing { measure };
         Ok(StepPlan::Propose { measure })
+    }
+
+    /// After [`StepProtocol::begin_step`] answered [`StepPlan::Propose`]: the factor in (0, 1) to
+    /// scale this step's gradient by before the optimizer step, when the gradient gate's
+    /// patience is spent and it lets an outsized gradient through clipped to its ceiling (see
+    /// [`crate::GateConfig`]). `None`: use the gradient as it is. A driver that cannot scale its
+    /// gradient lets it through raw.
+    pub fn gradient_clip(&self) -> Option<f64> {
+        self.gradient_clip
     }
 
     /// Decides on the proposal of the current step. `measurement` is y(θ_prop) when
@@ -494,24 +530,36 @@ impl StepProtocol {
         let escalation = self.ladder.level();
         let mut update_gated = false;
         if decision.is_accepted()
-            && let (Some(norm), Some(gate)) = (update_norm, &self.update_gate)
-            && let GateVerdict::Reject {
-                norm,
-                score,
-                limit,
-                test,
-            } = gate.check(norm)
-            && self.update_streak < self.config.update_gate.patience
+            && let (Some(norm), Some(gate)) = (update_norm, self.update_gate.as_mut())
         {
-            update_gated = true;
-            decision = Decision::Rejected {
-                reason: RejectionReason::UpdateGate {
+            match gate.check(norm) {
+                GateVerdict::Pass => self.update_passes = 0,
+                GateVerdict::Reject {
                     norm,
                     score,
                     limit,
                     test,
-                },
-            };
+                } if self.update_streak < self.config.update_gate.patience => {
+                    update_gated = true;
+                    decision = Decision::Rejected {
+                        reason: RejectionReason::UpdateGate {
+                            norm,
+                            score,
+                            limit,
+                            test,
+                        },
+                    };
+                }
+                GateVerdict::Reject { .. } => {
+                    // Patience spent: the probe decides. After `restart_after` such steps in a
+                    // row the update sizes changed for good.
+                    self.update_passes += 1;
+                    if self.update_passes >= self.config.update_gate.restart_after {
+                        gate.restart();
+                        self.update_passes = 0;
+                    }
+                }
+            }
         }
         self.update_streak = if update_gated {
             self.update_streak + 1

@@ -109,7 +109,9 @@ pub struct ProtocolState {
     ladder: Ladder,
     step: u64,
     gate_streak: u64,
+    gate_passes: u64,
     update_streak: u64,
+    update_passes: u64,
     unprobed_norms: Vec<f64>,
 }
 
@@ -230,7 +232,9 @@ impl StepProtocol {
             ladder: self.ladder.clone(),
             step: self.step,
             gate_streak: self.gate_streak,
+            gate_passes: self.gate_passes,
             update_streak: self.update_streak,
+            update_passes: self.update_passes,
             unprobed_norms: self.unprobed_norms.clone(),
         })
     }
@@ -355,7 +359,10 @@ impl StepProtocol {
             step: state.step,
             phase: Phase::Idle,
             gate_streak: state.gate_streak,
+            gate_passes: state.gate_passes,
+            gradient_clip: None,
             update_streak: state.update_streak,
+            update_passes: state.update_passes,
             step_norm: None,
             unprobed_norms: state.unprobed_norms,
             exhausted: None,
