@@ -360,6 +360,9 @@ mod tests {
         };
         let err = base.clone().with_gate(gate.clone()).validate().unwrap_err();
         assert!(err.to_string().contains("gate.min_history = 0"), "{err}");
+        let err = gate.validate().unwrap_err();
+        assert!(err.to_string().contains("gate.min_history = 0"), "{err}");
+        assert_eq!(GateConfig::default().validate(), Ok(()));
         let err = base.clone().with_update_gate(gate).validate().unwrap_err();
         assert!(
             err.to_string().contains("update_gate.min_history = 0"),
@@ -397,6 +400,14 @@ mod tests {
                 .unwrap_err();
             assert!(err.to_string().contains(field), "{field}: {err}");
         }
+        assert_eq!(AcceptanceConfig::default().validate(), Ok(()));
+        let err = AcceptanceConfig {
+            window: 0,
+            ..AcceptanceConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("acceptance.window = 0"), "{err}");
         let zero_floors = AcceptanceConfig {
             spread_multiple: 0.0,
             floor_fraction: 0.0,

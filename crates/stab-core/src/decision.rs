@@ -167,9 +167,7 @@ pub trait DecisionRule: std::fmt::Debug + Send {
 
     /// Moves the threshold to `threshold` (the scale-free acceptance sets ε_t before each
     /// decision). A rule with a threshold of its own may ignore it; the default does.
-    fn set_threshold(&mut self, threshold: f64) {
-        let _ = threshold;
-    }
+    fn set_threshold(&mut self, _threshold: f64) {}
 }
 
 /// Algorithm 1's rule: accept iff ν ≤ ε.

@@ -371,6 +371,15 @@ fn rungs_the_driver_cannot_carry_out_are_dropped_uncounted_and_the_stop_names_th
     });
     let p = StepProtocol::new(&off, Mode::Enforce, Some(1.0)).unwrap();
     assert!(p.dropped_rungs().is_empty());
+    // The default ring and a driver that can reset: every rung stays.
+    let p = StepProtocol::new(&ControllerConfig::default(), Mode::Enforce, Some(1.0))
+        .unwrap()
+        .with_optimizer_reset(true);
+    assert!(p.dropped_rungs().is_empty());
+    assert_eq!(
+        p.rungs(),
+        ControllerConfig::default().ladder.rungs.as_slice()
+    );
 }
 
 #[test]
