@@ -102,3 +102,51 @@ fn a_learning_rate_spike_at_step_6_is_rejected_by_the_young_update_gate() {
 fn the_same_run_without_a_fault_rejects_nothing() {
     assert_eq!(rejections(&FaultSchedule::new(0), 1e-3), Vec::new());
 }
+
+/// A ×300 gradient for 20 steps from step 5 outlasts the gate's patience (16): the 17th passes
+/// clipped to the gate's ceiling, so AdamW's second moment is not poisoned and its update sizes
+/// after the fault are those of before (a raw ×300 gradient divides them by ~4 for hundreds of
+/// steps; see docs/THEORY.md, "Long faults").
+#[test]
+fn a_fault_longer_than_the_patience_passes_clipped_and_does_not_stall_adamw() {
+    let device = common::training_device();
+    device.seed(3);
+    let mut model = Net::new(&device);
+    let mut guard = Guard::builder(GuardConfig::default())
+        .probe(probe(&device))
+        .build(&model, adamw())
+        .unwrap();
+    let faults = FaultSchedule::new(0).with(Fault::new(
+        FaultKind::GradientScale { factor: 300.0 },
+        5,
+        20,
+    ));
+    let mut skips = Vec::new();
+    let mut updates = Vec::new();
+    for t in 0..40 {
+        let (g, _) = grads(&model, &batch(t, 16, &device));
+        let g = faults.grads(t, g, &model);
+        let out = guard.step(1e-3, model, g).unwrap();
+        model = out.model;
+        if out.report.action == StepAction::Skip {
+            skips.push(t);
+        }
+        updates.push((t, out.report.update_norm));
+    }
+    assert_eq!(skips[..16], (5..21).collect::<Vec<_>>(), "{skips:?}");
+    assert!(!skips.contains(&21), "the 17th passes: {skips:?}");
+    let nominal = |range: std::ops::Range<u64>| -> f64 {
+        let mut v: Vec<f64> = updates
+            .iter()
+            .filter(|(t, u)| range.contains(t) && u.is_some())
+            .map(|(_, u)| u.unwrap())
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (before, after) = (nominal(1..5), nominal(30..40));
+    assert!(
+        after > 0.5 * before,
+        "update sizes before the fault {before}, after {after}: {updates:?}"
+    );
+}
