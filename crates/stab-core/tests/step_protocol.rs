@@ -763,4 +763,36 @@ fn after_its_patience_the_gate_passes_an_outsized_gradient_clipped_and_restarts_
     gated_step(&mut p, f64::NAN, 0.99);
     gated_step(&mut p, f64::NAN, 0.99);
     assert_eq!(gated_step(&mut p, f64::NAN, 0.99), Some(None));
+    gated_step(&mut p, f64::INFINITY, 0.99);
+    gated_step(&mut p, f64::INFINITY, 0.99);
+    assert_eq!(gated_step(&mut p, f64::INFINITY, 0.99), Some(None));
+}
+
+#[test]
+fn the_update_gate_restarts_after_a_lasting_change_of_update_size() {
+    let config = ControllerConfig::default().with_update_gate(GateConfig {
+        patience: 1,
+        restart_after: 2,
+        ..GateConfig::default()
+    });
+    let mut p = started(&config, Mode::Enforce, Some(1.0));
+    for _ in 0..3 {
+        measured_update(&mut p, 0.99, Some(1.0));
+    }
+    let gated = |p: &mut StepProtocol| {
+        update_gate_reason(&measured_update(p, 0.99, Some(100.0)).1).is_some()
+    };
+    assert!(gated(&mut p), "rejected");
+    assert!(!gated(&mut p), "patience 1 spent: let through (first)");
+    assert!(gated(&mut p), "rejected again: [1, 1, 1, 100] has median 1");
+    assert!(!gated(&mut p), "let through (second): the gate restarts");
+    // Young again with no history: the new size passes, and is judged from its third value on.
+    for _ in 0..3 {
+        assert!(!gated(&mut p));
+    }
+    let (_, done) = measured_update(&mut p, 0.99, Some(1e4));
+    assert!(
+        update_gate_reason(&done).is_some(),
+        "judged against the new size"
+    );
 }

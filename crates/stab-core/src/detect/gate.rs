@@ -279,6 +279,50 @@ mod tests {
     }
 
     #[test]
+    fn the_ceiling_is_the_largest_norm_that_passes_at_each_age() {
+        let mut g = NormGate::new(&GateConfig::default());
+        g.accept(2.0);
+        g.accept(2.0);
+        assert_eq!(g.ceiling(), None, "not watching yet");
+        g.accept(3.0);
+        // Young: 8 × median 2.
+        assert_eq!(g.ceiling(), Some(16.0));
+        assert_eq!(g.check(16.0), GateVerdict::Pass);
+        assert!(matches!(g.check(16.5), GateVerdict::Reject { .. }));
+        for _ in 0..29 {
+            g.accept(2.0);
+        }
+        assert!(g.armed());
+        // Warm: median 2, MAD 0 → spread floored at 0.1 · 2; 2 + 12 · 0.2 = 4.4.
+        let ceiling = g.ceiling().unwrap();
+        assert!((ceiling - 4.4).abs() < 1e-12, "{ceiling}");
+        assert_eq!(g.check(ceiling - 1e-9), GateVerdict::Pass);
+        assert!(matches!(
+            g.check(ceiling + 1e-9),
+            GateVerdict::Reject { .. }
+        ));
+        // With a spread above the floor: values 1 and 3 alternate (median 2, MAD 1).
+        let mut g = NormGate::new(&GateConfig::default());
+        for i in 0..34 {
+            g.accept(if i % 2 == 0 { 1.0 } else { 3.0 });
+        }
+        let (median, spread) = (2.0, 1.482_602_218_505_602);
+        assert_eq!(g.ceiling(), Some(median + 12.0 * spread));
+        // No bound from zeros.
+        let mut g = NormGate::new(&GateConfig::default());
+        for _ in 0..3 {
+            g.accept(0.0);
+        }
+        assert_eq!(g.ceiling(), None);
+        for _ in 0..29 {
+            g.accept(0.0);
+        }
+        assert_eq!(g.ceiling(), None);
+        g.restart();
+        assert!(!g.watching(), "a restarted gate is young");
+    }
+
+    #[test]
     fn the_verdict_does_not_depend_on_the_unit_of_the_norms() {
         for scale in [1e-6, 0.5, 1.0, 2.0, 1e6] {
             let mut g = NormGate::new(&GateConfig::default());

@@ -455,9 +455,11 @@ impl StepProtocol {
             // would poison the optimizer's moments); the probe decides.
             self.gate_streak = 0;
             self.gate_passes += 1;
+            // (The gate rejected it, so it lies above the ceiling; a non-finite one cannot be
+            // scaled.)
             self.gradient_clip = gate
                 .ceiling()
-                .filter(|ceiling| norm.is_finite() && *ceiling < norm)
+                .filter(|_| norm.is_finite())
                 .map(|ceiling| ceiling / norm);
             if self.gate_passes >= self.config.gate.restart_after
                 && let Some(gate) = self.gate.as_mut()
