@@ -195,7 +195,8 @@ impl Reference {
         } else {
             0.0
         };
-        let relative = if warm { 0.25 } else { 0.5 };
+        // The young and warm floors are both 0.25 by default.
+        let relative = 0.25;
         let headroom = (12.0 * spread)
             .max(relative * self.yhat.abs())
             .max(1e-3 * self.initial_scale);

@@ -502,6 +502,7 @@ fn a_reset_state_is_fingerprinted_and_later_restores_are_checked_against_it() {
 #[test]
 fn a_ladder_rewind_goes_to_the_best_looking_snapshot_not_the_youngest() {
     let config = ControllerConfig::default()
+        .with_epsilon(0.5)
         .with_ring(RingConfig { ages: vec![2] })
         .with_ladder(LadderConfig {
             enabled: true,
@@ -685,14 +686,14 @@ fn the_update_gate_decides_in_observe_mode_too_and_can_be_turned_off() {
 #[test]
 fn the_scale_free_threshold_is_in_every_record_and_follows_the_level() {
     let mut p = started(&ControllerConfig::default(), Mode::Enforce, Some(4.0));
-    // Young: half the level above the last accepted measurement.
+    // Young: a quarter of the level above the last accepted measurement.
     let (_, done) = measured(&mut p, None, 4.0);
-    assert_eq!(done.record.unwrap().threshold, 2.0);
-    let (d, done) = measured(&mut p, None, 6.5);
-    assert_eq!(d, Directive::Restore, "+2.5 > 0.5 · 4");
-    assert_eq!(done.record.unwrap().threshold, 2.0);
-    let (d, _) = measured(&mut p, None, 5.9);
-    assert!(matches!(d, Directive::Commit(_)), "+1.9 ≤ 2");
+    assert_eq!(done.record.unwrap().threshold, 1.0);
+    let (d, done) = measured(&mut p, None, 5.5);
+    assert_eq!(d, Directive::Restore, "+1.5 > 0.25 · 4");
+    assert_eq!(done.record.unwrap().threshold, 1.0);
+    let (d, _) = measured(&mut p, None, 4.9);
+    assert!(matches!(d, Directive::Commit(_)), "+0.9 ≤ 1");
     assert!(p.acceptance().is_some());
     // An absolute ε keeps no scale-free threshold.
     let p = started(

@@ -778,8 +778,6 @@ impl StepProtocol {
         ControllerState {
             signal: self.controller.as_ref().map(Controller::signal_state),
             drift: self.drift.clone(),
-            gate: self.gate.clone(),
-            update_gate: self.update_gate.clone(),
             acceptance: self.acceptance.clone(),
         }
     }
@@ -936,8 +934,9 @@ impl StepProtocol {
             controller.counters_mut().rewinds += 1;
         }
         self.drift = controller_state.drift;
-        self.gate = controller_state.gate;
-        self.update_gate = controller_state.update_gate;
+        // The gates keep their statistics: they describe the nominal size of gradients and
+        // updates, which a rewind does not change, and a young gate rewound to the start would
+        // take the fault's own scale for nominal.
         self.acceptance = controller_state.acceptance;
         self.unprobed_norms.clear();
         let action = Action::Rewind {

@@ -2,7 +2,7 @@
 //! controller's state of that time. The states themselves live in the driver's store.
 
 use crate::config::RingConfig;
-use crate::detect::{DriftDetector, NormGate, ScaleFreeThreshold};
+use crate::detect::{DriftDetector, ScaleFreeThreshold};
 use crate::signal::{InnovationKind, InnovationSignal};
 use crate::snapshot::SlotId;
 
@@ -11,8 +11,6 @@ use crate::snapshot::SlotId;
 pub(crate) struct ControllerState {
     pub signal: Option<Box<dyn InnovationSignal>>,
     pub drift: Option<DriftDetector>,
-    pub gate: Option<NormGate>,
-    pub update_gate: Option<NormGate>,
     pub acceptance: Option<ScaleFreeThreshold>,
 }
 
@@ -21,8 +19,6 @@ impl Clone for ControllerState {
         Self {
             signal: self.signal.as_ref().map(|s| s.clone_box()),
             drift: self.drift.clone(),
-            gate: self.gate.clone(),
-            update_gate: self.update_gate.clone(),
             acceptance: self.acceptance.clone(),
         }
     }
@@ -241,8 +237,6 @@ mod tests {
             controller: ControllerState {
                 signal: None,
                 drift: None,
-                gate: None,
-                update_gate: None,
                 acceptance: None,
             },
         }

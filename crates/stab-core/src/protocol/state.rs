@@ -82,8 +82,6 @@ struct SlotSave {
     fingerprint: Option<u64>,
     signal: Option<SignalState>,
     drift: Option<DriftDetector>,
-    gate: Option<NormGate>,
-    update_gate: Option<NormGate>,
     acceptance: Option<ScaleFreeThreshold>,
 }
 
@@ -208,8 +206,6 @@ impl StepProtocol {
                                 None => None,
                             },
                             drift: meta.controller.drift.clone(),
-                            gate: meta.controller.gate.clone(),
-                            update_gate: meta.controller.update_gate.clone(),
                             acceptance: meta.controller.acceptance.clone(),
                         })
                     })
@@ -334,8 +330,6 @@ impl StepProtocol {
                         controller: ControllerState {
                             signal: s.signal.map(rebuild).transpose()?,
                             drift: s.drift,
-                            gate: s.gate,
-                            update_gate: s.update_gate,
                             acceptance: s.acceptance,
                         },
                     })
