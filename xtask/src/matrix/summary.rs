@@ -38,19 +38,29 @@ pub struct CellSummary {
 }
 
 impl CellSummary {
-    /// Criterion 1: the controlled arm's last-10 probe loss is at most max(1.05 × clean,
-    /// baseline) (means of per-seed ratios).
+    /// The ratios the criteria judge: the evaluation loss (the yardstick) when every seed of
+    /// both arms recorded it, else the probe loss.
+    fn yardstick(&self) -> (&[f64], &[f64]) {
+        let n = self.seeds.len();
+        if self.baseline.last10_eval.len() == n && self.controlled.last10_eval.len() == n {
+            (&self.baseline.last10_eval, &self.controlled.last10_eval)
+        } else {
+            (&self.baseline.last10_probe, &self.controlled.last10_probe)
+        }
+    }
+
+    /// Criterion 1: the controlled arm's last-10 loss is at most max(1.05 × clean, baseline)
+    /// (means of per-seed ratios, on the evaluation set).
     pub fn never_worse(&self) -> bool {
-        let c = mean(&self.controlled.last10_probe);
-        let b = mean(&self.baseline.last10_probe);
-        c <= b.max(1.05)
+        let (b, c) = self.yardstick();
+        mean(c) <= mean(b).max(1.05)
     }
 
     /// Criterion 2, for cells whose baseline ends more than 20 % above clean: the controlled arm
     /// ends within 10 % of clean. `None` where it does not apply.
     pub fn recovered(&self) -> Option<bool> {
-        let b = mean(&self.baseline.last10_probe);
-        (b > 1.2).then(|| mean(&self.controlled.last10_probe) <= 1.10)
+        let (b, c) = self.yardstick();
+        (mean(b) > 1.2).then(|| mean(c) <= 1.10)
     }
 }
 
@@ -104,8 +114,12 @@ fn arm_ratios(runs: &[&RunLog], clean: &[&RunLog], onset: u64) -> ArmRatios {
             out.last10_probe.push(ratio(v, base));
         }
         let eval = |s: &StepLog| s.eval_loss;
-        if let (Some(v), Some(base)) = (tail_mean(&run.steps, eval), tail_mean(&c.steps, eval)) {
-            out.last10_eval.push(ratio(v, base));
+        let diverged = run.steps.last().is_some_and(|s| !s.probe_loss.is_finite());
+        match (tail_mean(&run.steps, eval), tail_mean(&c.steps, eval)) {
+            (Some(v), Some(base)) => out.last10_eval.push(ratio(v, base)),
+            // A diverged run records no finite evaluation loss: infinitely worse.
+            (None, Some(_)) if diverged => out.last10_eval.push(f64::INFINITY),
+            _ => {}
         }
         out.peak_probe.push(ratio(
             peak_from(&run.steps, onset),
@@ -153,6 +167,9 @@ fn show(values: &[f64]) -> String {
         return "–".to_owned();
     }
     let s = Spread::of(values);
+    if s.count == 0 {
+        return format!("diverged ({} of {})", s.non_finite, values.len());
+    }
     if s.non_finite > 0 {
         format!("{:.3} ± {:.3} (+{} diverged)", s.mean, s.std, s.non_finite)
     } else {
@@ -185,8 +202,8 @@ pub fn render(summaries: &[CellSummary], clean: &[RunLog], title: &str) -> Strin
          last-10: mean loss over the last 10 steps, on the probe (16 examples, the controller's \
          signal) and on the evaluation set (512 test images / 128 held-out windows, the \
          yardstick); peak: largest probe loss from the onset on. never worse: controlled last-10 \
-         probe ≤ max(1.05, baseline); recovered: where the baseline ends > 1.2 × clean, controlled \
-         ≤ 1.10 × clean.\n"
+         eval ≤ max(1.05, baseline); recovered: where the baseline ends > 1.2 × clean, controlled \
+         ≤ 1.10 × clean (both on the evaluation loss, the probe's where a run has none).\n"
     );
     let _ = writeln!(
         md,
@@ -325,6 +342,8 @@ mod tests {
         ];
         let s = summarize(cell(), &runs, &clean);
         assert_eq!(s.baseline.last10_probe, vec![f64::INFINITY]);
+        assert_eq!(s.baseline.last10_eval, vec![f64::INFINITY]);
+        assert_eq!(show(&s.baseline.last10_eval), "diverged (1 of 1)");
         assert!(s.never_worse());
         assert_eq!(s.recovered(), Some(false), "1.2 > 1.10");
     }

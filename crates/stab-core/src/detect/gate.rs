@@ -133,9 +133,9 @@ impl NormGate {
         let (median, spread) = self.window.median_and_spread()?;
         if self.armed() {
             let spread = spread.max(self.config.min_relative_spread * median.abs());
-            (spread > 0.0).then(|| median + self.config.z * spread)
+            (spread > 0.0).then_some(median + self.config.z * spread)
         } else if self.watching() {
-            (median > 0.0).then(|| self.config.early_ratio * median)
+            (median > 0.0).then_some(self.config.early_ratio * median)
         } else {
             None
         }
