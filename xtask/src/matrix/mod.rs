@@ -17,15 +17,9 @@ use crate::reproduce::plan::Plan;
 use crate::reproduce::plots::{ChartSpec, Series, palette, render};
 use crate::reproduce::records::{Arm, ModelKind, RunLog};
 use crate::reproduce::runner::{self, Workload};
+use crate::reproduce::{create_dir, write_file};
 use cells::{Cell, Onset};
 use summary::CellSummary;
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> XtaskError + '_ {
-    move |source| XtaskError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
 
 fn invalid(field: &'static str, value: impl ToString, why: &str) -> XtaskError {
     XtaskError::InvalidSetting {
@@ -152,7 +146,7 @@ fn run_once(
     if records.exists() {
         return RunLog::read_jsonl(&records);
     }
-    std::fs::create_dir_all(runs_dir).map_err(io(runs_dir))?;
+    create_dir(runs_dir)?;
     // Of this run and this process alone: two shards may train the same clean run at once.
     let checkpoints = runs_dir.join("checkpoints").join(format!(
         "{}_{}_seed{seed}-{}",
@@ -171,10 +165,7 @@ fn run_once(
     );
     let log = workload.run(plan, arm, seed, &checkpoints, &bar)?;
     bar.finish_and_clear();
-    // A name of this process's own: two shards may train the same clean run at once.
-    let partial = records.with_extension(format!("jsonl.{}.tmp", std::process::id()));
-    log.write_jsonl(&partial)?;
-    std::fs::rename(&partial, &records).map_err(io(&records))?;
+    log.write_jsonl_atomically(&records)?;
     let _ = std::fs::remove_dir_all(&checkpoints);
     let rejected = log.steps.iter().filter(|s| s.rejected).count();
     let last = log.steps.last().map_or(f64::NAN, |s| s.probe_loss);
@@ -219,7 +210,7 @@ pub fn run(args: &MatrixArgs) -> Result<(), XtaskError> {
         runner::select_backend(backend)?;
     }
     crate::reproduce::plots::ensure_font()?;
-    std::fs::create_dir_all(&matrix.out).map_err(io(&matrix.out))?;
+    create_dir(&matrix.out)?;
     let seeds = matrix.base.first_seed..matrix.base.first_seed + matrix.base.seeds;
     if matrix.from_records.is_empty() {
         let (k, n) = matrix.shard;
@@ -240,13 +231,11 @@ pub fn run(args: &MatrixArgs) -> Result<(), XtaskError> {
                 }
                 let workload = &loaded.as_ref().expect("loaded above").1;
                 let dir = matrix.out.join("cells").join(cell.name());
-                std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-                let spec = dir.join("cell.json");
-                std::fs::write(
-                    &spec,
-                    serde_json::to_string_pretty(cell).expect("serializes"),
-                )
-                .map_err(io(&spec))?;
+                create_dir(&dir)?;
+                write_file(
+                    &dir.join("cell.json"),
+                    &serde_json::to_string_pretty(cell).expect("serializes"),
+                )?;
                 run_once(workload, &plan, Arm::Clean, seed, &clean_dir)?;
                 for arm in [Arm::Baseline, Arm::Controlled] {
                     run_once(workload, &plan, arm, seed, &dir.join("runs"))?;
@@ -319,7 +308,7 @@ pub fn run(args: &MatrixArgs) -> Result<(), XtaskError> {
             .join(", ")
     ));
     let report = matrix.out.join("matrix.md");
-    std::fs::write(&report, &md).map_err(io(&report))?;
+    write_file(&report, &md)?;
     println!("{md}");
     println!("wrote {}", report.display());
     Ok(())

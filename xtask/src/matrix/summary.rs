@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::matrix::cells::Cell;
-use crate::reproduce::metrics::Spread;
+use crate::reproduce::metrics::{Spread, peak_probe_loss};
 use crate::reproduce::records::{Arm, RunLog, StepLog};
 
 /// The last steps averaged for the final level.
@@ -78,20 +78,6 @@ fn tail_mean(steps: &[StepLog], value: impl Fn(&StepLog) -> Option<f64>) -> Opti
         .then(|| tail.iter().sum::<f64>() / tail.len() as f64)
 }
 
-fn peak_from(steps: &[StepLog], from: u64) -> f64 {
-    steps
-        .iter()
-        .filter(|s| s.step >= from)
-        .map(|s| {
-            if s.probe_loss.is_nan() {
-                f64::INFINITY
-            } else {
-                s.probe_loss
-            }
-        })
-        .fold(f64::NEG_INFINITY, f64::max)
-}
-
 /// A non-finite loss ratio reads as ∞ (a diverged run), never as a silent NaN.
 fn ratio(value: f64, clean: f64) -> f64 {
     let r = value / clean;
@@ -122,8 +108,8 @@ fn arm_ratios(runs: &[&RunLog], clean: &[&RunLog], onset: u64) -> ArmRatios {
             _ => {}
         }
         out.peak_probe.push(ratio(
-            peak_from(&run.steps, onset),
-            peak_from(&c.steps, onset),
+            peak_probe_loss(&run.steps, onset),
+            peak_probe_loss(&c.steps, onset),
         ));
         out.rejections += run.steps.iter().filter(|s| s.rejected).count();
     }

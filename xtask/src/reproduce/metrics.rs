@@ -1,6 +1,6 @@
 //! Summary metrics of the report, computed from the step logs of all seeds of one (model, arm).
 
-use crate::reproduce::records::{Arm, RunLog};
+use crate::reproduce::records::{Arm, RunLog, StepLog};
 
 /// Where the failure was injected.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -21,6 +21,26 @@ impl FailureWindow {
     pub fn end(&self) -> u64 {
         self.start + self.len
     }
+
+    /// `true` if a step inside the window was rejected: the fault was caught.
+    pub fn rejected_inside(&self, steps: &[StepLog]) -> bool {
+        steps.iter().any(|s| self.contains(s.step) && s.rejected)
+    }
+}
+
+/// The largest probe loss from step `from` on; a NaN (a diverged run) counts as +∞.
+pub fn peak_probe_loss(steps: &[StepLog], from: u64) -> f64 {
+    steps
+        .iter()
+        .filter(|s| s.step >= from)
+        .map(|s| {
+            if s.probe_loss.is_nan() {
+                f64::INFINITY
+            } else {
+                s.probe_loss
+            }
+        })
+        .fold(f64::NEG_INFINITY, f64::max)
 }
 
 /// Mean and standard deviation over seeds, of the finite values; `non_finite` counts the others.
@@ -164,19 +184,7 @@ pub fn summarize(
             .collect();
         let level = Spread::of(&before).mean;
         pre.push(level);
-        peak.push(
-            steps
-                .iter()
-                .filter(|s| s.step >= window.start)
-                .map(|s| {
-                    if s.probe_loss.is_nan() {
-                        f64::INFINITY
-                    } else {
-                        s.probe_loss
-                    }
-                })
-                .fold(f64::NEG_INFINITY, f64::max),
-        );
+        peak.push(peak_probe_loss(steps, window.start));
         let within = |y: f64| y.is_finite() && y <= 1.1 * level;
         let after: Vec<_> = steps.iter().filter(|s| s.step >= window.end()).collect();
         let left = steps

@@ -17,7 +17,7 @@ use crate::error::XtaskError;
 use plan::Plan;
 use records::RunLog;
 
-fn create_dir(path: &Path) -> Result<(), XtaskError> {
+pub(crate) fn create_dir(path: &Path) -> Result<(), XtaskError> {
     std::fs::create_dir_all(path).map_err(|source| XtaskError::Io {
         path: path.to_path_buf(),
         source,
@@ -35,7 +35,7 @@ fn remove_dir(path: &Path) -> Result<(), XtaskError> {
     }
 }
 
-fn write_file(path: &Path, contents: &str) -> Result<(), XtaskError> {
+pub(crate) fn write_file(path: &Path, contents: &str) -> Result<(), XtaskError> {
     std::fs::write(path, contents).map_err(|source| XtaskError::Io {
         path: path.to_path_buf(),
         source,
@@ -120,14 +120,7 @@ pub fn run(plan: &Plan) -> Result<(), XtaskError> {
                         arm.name()
                         )
                 });
-                // Written under a temporary name and renamed: a run's records exist only once
-                // complete, so `--resume` never keeps half a run.
-                let partial = runs_dir.join(format!("{name}.jsonl.tmp"));
-                log.write_jsonl(&partial)?;
-                std::fs::rename(&partial, &records).map_err(|source| XtaskError::Io {
-                    path: records.clone(),
-                    source,
-                })?;
+                log.write_jsonl_atomically(&records)?;
                 remove_dir(&checkpoints)?;
                 runs.push(log);
             }
@@ -180,11 +173,7 @@ fn check_detection(plan: &Plan) -> Result<(), XtaskError> {
                 ))
             };
             let controlled = RunLog::read_jsonl(&path(Arm::Controlled))?;
-            if !controlled
-                .steps
-                .iter()
-                .any(|s| window.contains(s.step) && s.rejected)
-            {
+            if !window.rejected_inside(&controlled.steps) {
                 failures.push(format!(
                     "{} seed {seed}: the controlled arm rejected no step in [{}, {})",
                     model.name(),

@@ -191,6 +191,24 @@ pub struct RunLog {
 }
 
 impl RunLog {
+    /// [`RunLog::write_jsonl`] under a temporary name, then renamed into `path`: a run's records
+    /// exist only once complete, so neither `--resume` nor the matrix ever keeps half a run.
+    ///
+    /// # Errors
+    /// [`XtaskError::Io`] naming the file.
+    ///
+    /// # Errors
+    /// [`XtaskError::Io`] naming the file.
+    pub fn write_jsonl_atomically(&self, path: &Path) -> Result<(), XtaskError> {
+        // A name of this process's own: two matrix shards may write the same clean run at once.
+        let partial = path.with_extension(format!("jsonl.{}.tmp", std::process::id()));
+        self.write_jsonl(&partial)?;
+        std::fs::rename(&partial, path).map_err(|source| XtaskError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
     /// Writes the steps as JSON lines (one object per step, with the run's identity first).
     ///
     /// # Errors

@@ -34,11 +34,7 @@ pub fn caught(plan: &Plan, runs: &[RunLog], model: ModelKind, arm: Arm) -> (usiz
         .collect();
     let caught = of_arm
         .iter()
-        .filter(|r| {
-            r.steps
-                .iter()
-                .any(|s| window.contains(s.step) && s.rejected)
-        })
+        .filter(|r| window.rejected_inside(&r.steps))
         .count();
     (caught, of_arm.len())
 }
