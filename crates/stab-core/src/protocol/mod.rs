@@ -525,7 +525,7 @@ impl StepProtocol {
             self.start_controller(y)?;
             return Ok(self.commit_directive(Action::Calibrate, None));
         }
-        self.refresh_threshold();
+        // ε_t was set in `begin_step` (nothing has moved ŷ since).
         let controller = self.controller.as_mut().expect("started above");
         let (innovation, mut decision) = controller.evaluate(y);
         let position = step + 1;
