@@ -128,14 +128,21 @@ fn loss_spike_signal_needs_the_training_loss_and_rejects_a_spike() {
 #[test]
 fn gradient_norm_spike_signal_rejects_a_zeta_300_gradient() {
     let device = common::training_device();
+    // A fixed initialization: the assertion below is exact, so the run must be too.
+    device.seed(11);
     let mut model = Net::new(&device);
     // The gradient gate would skip these gradients before the signal sees them: off, so that
     // the signal itself is tested.
+    //
+    // ε = 100 on a z-score: a ×300 gradient scores in the thousands, while a nominal step's
+    // z-score against a history of five norms is heavy-tailed (an unseeded run scored 8.3 at
+    // step 5, and CI once saw more than 10): a threshold near the nominal tail makes the
+    // "quiet outside the fault" half of the test a coin toss.
     let mut guard = Guard::builder(
         GuardConfig::default().with_controller(
             ControllerConfig::default()
                 .with_signal(SignalKind::GradientNormSpike)
-                .with_epsilon(10.0)
+                .with_epsilon(100.0)
                 .with_gradient_gate(false),
         ),
     )
