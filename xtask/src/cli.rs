@@ -142,8 +142,13 @@ pub struct ReproduceArgs {
     /// Continue an interrupted reproduction in `--out` (same flags as the interrupted one):
     /// finished runs (`runs/*.jsonl`) are kept, the run that was in flight resumes from its last
     /// checkpoint (`checkpoints/`), the others run.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "fresh")]
     pub resume: bool,
+    /// Start over in an `--out` that holds checkpoints of an interrupted reproduction, removing
+    /// them. Without `--resume` or `--fresh`, such an `--out` is refused: its checkpoints are
+    /// never removed unasked.
+    #[arg(long)]
+    pub fresh: bool,
 }
 
 /// Which onsets the matrix runs.

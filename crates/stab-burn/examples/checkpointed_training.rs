@@ -11,8 +11,6 @@
 //! cargo run -p stab-burn --example checkpointed_training
 //! ```
 
-use std::path::Path;
-
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
 use burn::optim::{AdamWConfig, GradientsParams};
@@ -120,7 +118,7 @@ fn train(
     mut model: Mlp,
     from: u64,
     to: u64,
-    checkpointer: Option<&Checkpointer>,
+    mut checkpointer: Option<&mut Checkpointer>,
     device: &Device,
 ) -> Result<Mlp, Box<dyn std::error::Error>> {
     for step in from..to {
@@ -128,7 +126,7 @@ fn train(
             GradientsParams::from_grads(model.loss(&batch(step, device)).backward(), &model);
         let out = guard.step(LR, model, grads)?;
         model = out.model;
-        if let Some(checkpointer) = checkpointer {
+        if let Some(checkpointer) = checkpointer.as_deref_mut() {
             let position = Position {
                 next_batch: step + 1,
             };
@@ -151,14 +149,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let initial = Mlp::new(&device).into_record().into_bytes()?;
     let dir = std::env::temp_dir().join(format!("stab-checkpointed-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let checkpointer = Checkpointer::new(
-        &dir,
-        CheckpointPolicy {
-            every_accepted: 5,
-            keep: 2,
-            on_recovery: true,
-        },
-    )?;
+    let policy = CheckpointPolicy {
+        every_accepted: 5,
+        keep: 2,
+        on_recovery: true,
+    };
 
     println!("uninterrupted run: {STEPS} steps");
     let (mut guard, model) = start(&initial, &device)?;
@@ -166,18 +161,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("checkpointed run, dies after step {}", CRASH_AFTER - 1);
     {
+        // A new run: the directory must hold no checkpoints of an earlier one.
+        let mut checkpointer = Checkpointer::new(&dir, policy.clone())?;
         let (mut guard, model) = start(&initial, &device)?;
         train(
             &mut guard,
             model,
             0,
             CRASH_AFTER,
-            Some(&checkpointer),
+            Some(&mut checkpointer),
             &device,
         )?;
     } // everything in memory is gone
 
-    let resumed = resume(&dir, &device)?;
+    // A second fresh start in the same directory is refused: the checkpoints are kept.
+    if let Err(refused) = Checkpointer::new(&dir, policy.clone()) {
+        println!("a fresh start is refused: {refused}");
+    } else {
+        return Err("a fresh start over existing checkpoints must be refused".into());
+    }
+
+    let checkpoint = checkpoint::latest(&dir)?.ok_or("no checkpoint was written")?;
+    for skipped in checkpoint.skipped() {
+        println!("skipped a damaged checkpoint: {skipped}");
+    }
+    // The resumed run continues the same history: its checkpointer owns the older checkpoints.
+    let mut checkpointer = Checkpointer::resuming(&dir, policy, &checkpoint)?;
+    let resumed = resume(&checkpoint, &device)?;
     println!(
         "resumed from {} at step {} (next batch {})",
         dir.display(),
@@ -186,7 +196,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let (mut guard, model) = (resumed.guard, resumed.model);
     let from = resumed.extra.next_batch;
-    let model = train(&mut guard, model, from, STEPS, Some(&checkpointer), &device)?;
+    let model = train(
+        &mut guard,
+        model,
+        from,
+        STEPS,
+        Some(&mut checkpointer),
+        &device,
+    )?;
     let same = parameters(&model) == reference;
     println!(
         "final parameters equal the uninterrupted run's, bit for bit: {same} (backend {})",
@@ -200,12 +217,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn resume(
-    dir: &Path,
+    checkpoint: &checkpoint::Checkpoint,
     device: &Device,
 ) -> Result<stab_burn::Resumed<Mlp, Position>, Box<dyn std::error::Error>> {
-    let checkpoint = checkpoint::latest(dir)?.ok_or("no checkpoint was written")?;
-    for skipped in checkpoint.skipped() {
-        println!("skipped a damaged checkpoint: {skipped}");
-    }
-    Ok(builder(device)?.resume(&checkpoint, Mlp::new(device), AdamWConfig::new().init())?)
+    Ok(builder(device)?.resume(checkpoint, Mlp::new(device), AdamWConfig::new().init())?)
 }

@@ -165,6 +165,7 @@ mod tensors;
 pub use builder::GuardBuilder;
 pub use checkpoint::{
     Checkpoint, CheckpointError, CheckpointInfo, CheckpointPolicy, Checkpointer, Resumed,
+    WriteStage,
 };
 pub use config::{GuardConfig, GuardMode};
 pub use device::{SelectedDevice, device_name, training_device};

@@ -9,134 +9,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
-use burn::store::ModuleRecord;
-use burn::tensor::Bytes;
+use common::checkpointing::*;
 use common::{Net, StateBytes, adamw, batch, grads, probe};
-use serde::{Deserialize, Serialize};
 use stab_burn::checkpoint::{self, CHECKPOINT_FORMAT_VERSION};
-use stab_burn::{
-    CheckpointError, CheckpointPolicy, Checkpointer, Fault, FaultKind, FaultSchedule, Guard,
-    GuardConfig, StepAction, StepReport, StoreKind,
-};
-use stab_core::{ControllerConfig, LadderConfig, ProtocolStateError, RingConfig, Rung};
-
-const LR: f64 = 0.01;
-const STEPS: u64 = 34;
-
-/// The training loop's own state: which batch comes next.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Position {
-    next_batch: u64,
-}
-
-fn config(store: StoreKind) -> GuardConfig {
-    GuardConfig::default()
-        .with_store(store)
-        .with_verify_restores(true)
-        .with_controller(
-            ControllerConfig::default()
-                .with_ring(RingConfig { ages: vec![2, 4] })
-                .with_ladder(LadderConfig {
-                    enabled: true,
-                    rejections_per_rung: 2,
-                    rejection_window: 3,
-                    rungs: vec![
-                        Rung::Rewind,
-                        Rung::ResetOptimizer,
-                        Rung::Rewind,
-                        Rung::Rewind,
-                        Rung::Rewind,
-                    ],
-                    cooldown: 4,
-                })
-                .with_gradient_gate(false),
-        )
-}
-
-/// NaN gradients for six steps from step 14: restores, then the ladder's rewinds and reset.
-fn faults() -> FaultSchedule {
-    FaultSchedule::new(0).with(Fault::new(FaultKind::GradientNan, 14, 6))
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("stab-checkpoint-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-/// Everything but the ids of running statistics (a resumed module keeps the ids of the module
-/// it was loaded into; burn does not load those ids). Parameters keep their ids.
-fn comparable(state: &StateBytes) -> StateBytes {
-    let mut state = state.clone();
-    for tensor in &mut state.tensors {
-        if !tensor.2 {
-            tensor.0.clear();
-        }
-    }
-    state
-}
-
-/// One guarded step on batch `t`; the report as text (NaN fields compare equal).
-fn step(guard: &mut Guard<Net>, model: Net, t: u64) -> (Net, String, StepAction) {
-    let (model, report) = step_report(guard, model, t);
-    (model, format!("{report:?}"), report.action)
-}
-
-/// One guarded step on batch `t`, with the report's timings zeroed.
-fn step_report(guard: &mut Guard<Net>, model: Net, t: u64) -> (Net, StepReport) {
-    let device = common::training_device();
-    let (g, _) = grads(&model, &batch(t, 16, &device));
-    let g = faults().grads(t, g, &model);
-    let out = guard.step(LR, model, g).unwrap();
-    let mut report = out.report;
-    report.timings = Default::default();
-    (out.model, report)
-}
-
-/// The initial model every run of a test starts from: one seed, one record (so that separate
-/// runs, and separate processes, start from the same values and parameter ids).
-fn initial_record() -> Vec<u8> {
-    static RECORD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    RECORD
-        .get_or_init(|| {
-            let device = common::training_device();
-            Net::new(&device)
-                .into_record()
-                .into_bytes()
-                .unwrap()
-                .to_vec()
-        })
-        .clone()
-}
-
-fn initial_model(record: &[u8]) -> Net {
-    let device = common::training_device();
-    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(record.to_vec())).unwrap();
-    Net::new(&device).load_record(record)
-}
-
-/// Whether the backend is Flex, whose kernels are deterministic: two runs of the same steps give
-/// the same bits there, so a resumed run can be compared with an uninterrupted one.
-fn deterministic_backend() -> bool {
-    stab_burn::training_device()
-        .map(|d| d.name.contains("Flex"))
-        .unwrap_or(false)
-}
-
-fn fresh(store: StoreKind) -> (Guard<Net>, Net) {
-    fresh_from(store, &initial_record())
-}
-
-fn fresh_from(store: StoreKind, record: &[u8]) -> (Guard<Net>, Net) {
-    let device = common::training_device();
-    let model = initial_model(record);
-    let guard = Guard::builder(config(store))
-        .probe(probe(&device))
-        .build(&model, adamw())
-        .unwrap();
-    (guard, model)
-}
+use stab_burn::{CheckpointError, CheckpointPolicy, Checkpointer, Guard, StepAction, StoreKind};
+use stab_core::ProtocolStateError;
 
 /// The uninterrupted run: its reports and final state.
 fn uninterrupted(store: StoreKind) -> (Vec<String>, Vec<StepAction>, StateBytes) {
@@ -165,7 +42,6 @@ fn interrupted(store: StoreKind, resume_at: u64, dir: &Path) -> (Vec<String>, St
             .checkpoint_to(
                 &model,
                 dir,
-                2,
                 &Position {
                     next_batch: resume_at,
                 },
@@ -247,7 +123,7 @@ fn a_resumed_run_continues_bit_identically_host_store() {
 /// A short run with a checkpointer writing every 2 accepted steps and after each rewind.
 fn run_with_checkpoints(dir: &Path, keep: usize, steps: u64) -> Vec<u64> {
     let (mut guard, mut model) = fresh(StoreKind::Device);
-    let checkpointer = Checkpointer::new(
+    let mut checkpointer = Checkpointer::new(
         dir,
         CheckpointPolicy {
             every_accepted: 2,
@@ -293,14 +169,45 @@ fn the_newest_keep_checkpoints_are_kept_and_unfinished_writes_ignored() {
         .collect();
     assert_eq!(checkpoint_dirs(&dir), newest);
 
-    // A write killed half-way leaves a temporary directory: ignored, then cleaned up.
+    // A write killed half-way leaves a temporary directory: ignored.
     let unfinished = dir.join(".tmp-step-000000000099-1");
     std::fs::create_dir(&unfinished).unwrap();
     std::fs::write(unfinished.join("state-0.model.bpk"), b"half").unwrap();
     let latest = checkpoint::latest(&dir).unwrap().unwrap();
     assert_eq!(latest.step(), *written.last().unwrap());
-    run_with_checkpoints(&dir, 3, 4);
+
+    // A resumed run owns the history it resumed; its next write removes the temporary
+    // directory and the oldest checkpoint beyond `keep`.
+    let (mut guard, mut model) = {
+        let device = common::training_device();
+        let resumed = Guard::builder(config(StoreKind::Device))
+            .probe(probe(&device))
+            .resume::<Position>(&latest, Net::new(&device), adamw())
+            .unwrap();
+        (resumed.guard, resumed.model)
+    };
+    let mut checkpointer = Checkpointer::resuming(
+        &dir,
+        CheckpointPolicy {
+            every_accepted: 1,
+            keep: 3,
+            on_recovery: true,
+        },
+        &latest,
+    )
+    .unwrap();
+    assert_eq!(checkpointer.owned().len(), 3);
+    let t = latest.step();
+    let (next, report) = step_report(&mut guard, model, t);
+    model = next;
+    let info = checkpointer
+        .after_step(&guard, &model, &report, &Position { next_batch: t + 1 })
+        .unwrap()
+        .expect("a checkpoint after an accepted step");
     assert!(!unfinished.exists());
+    let mut expected = newest[1..].to_vec();
+    expected.push(format!("step-{:012}", info.step));
+    assert_eq!(checkpoint_dirs(&dir), expected);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -454,29 +361,34 @@ fn checkpointed_child() {
     let dir = PathBuf::from(std::env::var(CHILD_ENV).expect("STAB_CHECKPOINT_CHILD_DIR"));
     let checkpoints = dir.join("checkpoints");
     let device = common::training_device();
-    let (mut guard, mut model, start) = match checkpoint::latest(&checkpoints).unwrap() {
+    let policy = CheckpointPolicy {
+        every_accepted: 1,
+        keep: 2,
+        on_recovery: true,
+    };
+    let (mut guard, mut model, start, mut checkpointer) = match checkpoint::latest(&checkpoints)
+        .unwrap()
+    {
         Some(checkpoint) => {
             let resumed = Guard::builder(config(StoreKind::Device))
                 .probe(probe(&device))
                 .resume::<Position>(&checkpoint, Net::new(&device), adamw())
                 .unwrap();
-            (resumed.guard, resumed.model, resumed.extra.next_batch)
+            let checkpointer = Checkpointer::resuming(&checkpoints, policy, &checkpoint).unwrap();
+            (
+                resumed.guard,
+                resumed.model,
+                resumed.extra.next_batch,
+                checkpointer,
+            )
         }
         None => {
             let record = std::fs::read(dir.join("initial.bpk")).unwrap();
             let (guard, model) = fresh_from(StoreKind::Device, &record);
-            (guard, model, 0)
+            let checkpointer = Checkpointer::new(&checkpoints, policy).unwrap();
+            (guard, model, 0, checkpointer)
         }
     };
-    let checkpointer = Checkpointer::new(
-        &checkpoints,
-        CheckpointPolicy {
-            every_accepted: 1,
-            keep: 2,
-            on_recovery: true,
-        },
-    )
-    .unwrap();
     let mut records = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

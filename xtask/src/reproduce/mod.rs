@@ -35,6 +35,41 @@ fn remove_dir(path: &Path) -> Result<(), XtaskError> {
     }
 }
 
+/// Refuses an `out` folder holding checkpoints of an interrupted reproduction (`--resume`
+/// continues it, `--fresh` discards them): they are never removed unasked.
+fn refuse_interrupted_checkpoints(out: &Path) -> Result<(), XtaskError> {
+    let root = out.join("checkpoints");
+    let Ok(runs) = std::fs::read_dir(&root) else {
+        return Ok(());
+    };
+    let mut found = Vec::new();
+    for run in runs.flatten() {
+        let written = stab_burn::checkpoint::verify_all(&run.path()).map_err(|e| {
+            XtaskError::InvalidSetting {
+                field: "--out",
+                value: out.display().to_string(),
+                why: format!("its checkpoints cannot be listed: {e}"),
+            }
+        })?;
+        if !written.is_empty() {
+            found.push(run.file_name().to_string_lossy().into_owned());
+        }
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    found.sort();
+    Err(XtaskError::InvalidSetting {
+        field: "--out",
+        value: out.display().to_string(),
+        why: format!(
+            "it holds checkpoints of an interrupted reproduction ({}): continue it with \
+             --resume, or start over with --fresh (which removes them)",
+            found.join(", ")
+        ),
+    })
+}
+
 pub(crate) fn write_file(path: &Path, contents: &str) -> Result<(), XtaskError> {
     std::fs::write(path, contents).map_err(|source| XtaskError::Io {
         path: path.to_path_buf(),
@@ -53,6 +88,9 @@ pub fn run(plan: &Plan) -> Result<(), XtaskError> {
     }
     // Figures need a font; fail now rather than after an hour of training.
     plots::ensure_font()?;
+    if !plan.resume && !plan.fresh && plan.from_records.is_empty() {
+        refuse_interrupted_checkpoints(&plan.out)?;
+    }
     let runs_dir = plan.out.join("runs");
     create_dir(&runs_dir)?;
     write_file(
@@ -102,7 +140,8 @@ pub fn run(plan: &Plan) -> Result<(), XtaskError> {
                     runs.push(log);
                     continue;
                 }
-                if !plan.resume {
+                if plan.fresh {
+                    // Asked for explicitly: the interrupted reproduction's checkpoints go.
                     remove_dir(&checkpoints)?;
                 }
                 let bar = multi.add(ProgressBar::new(plan.steps));

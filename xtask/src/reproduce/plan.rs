@@ -89,6 +89,9 @@ pub struct Plan {
     /// Keep finished runs and resume the one in flight from its checkpoint (`--resume`).
     #[serde(skip)]
     pub resume: bool,
+    /// Remove the checkpoints of an interrupted reproduction in `out` and start over (`--fresh`).
+    #[serde(skip)]
+    pub fresh: bool,
     /// Check detection from the records (`--require-detection`).
     #[serde(skip)]
     pub require_detection: bool,
@@ -185,6 +188,7 @@ impl Plan {
         plan.progress = !a.quiet;
         plan.from_records = a.from_records.clone();
         plan.resume = a.resume;
+        plan.fresh = a.fresh;
         plan.require_detection = a.require_detection;
         plan.validate()?;
         Ok(plan)
@@ -228,6 +232,7 @@ impl Plan {
             progress: true,
             from_records: Vec::new(),
             resume: false,
+            fresh: false,
             require_detection: false,
         };
         match name {

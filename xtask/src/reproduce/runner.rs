@@ -296,6 +296,13 @@ where
     } else {
         None
     };
+    // The run resumed from its own checkpoints owns them; a new run gets an empty folder
+    // (`reproduce` refuses one with checkpoints unless `--fresh` removed them).
+    let mut checkpointer = match &resumed {
+        Some(checkpoint) => Checkpointer::resuming(checkpoints, checkpoint_policy(), checkpoint),
+        None => Checkpointer::new(checkpoints, checkpoint_policy()),
+    }
+    .map_err(controller_err)?;
     // The state carried from step to step: the guard, the model and the records so far (the
     // checkpoint's extra value: the step index is their length).
     let (mut guard, mut model, mut logs) = match resumed {
@@ -316,8 +323,6 @@ where
             (guard, model, Vec::with_capacity(plan.steps as usize))
         }
     };
-    let checkpointer =
-        Checkpointer::new(checkpoints, checkpoint_policy()).map_err(controller_err)?;
     let start = logs.len() as u64;
 
     for step in start..plan.steps {

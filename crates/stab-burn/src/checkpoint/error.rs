@@ -109,4 +109,51 @@ pub enum CheckpointError {
     /// A [`super::CheckpointPolicy`] value is out of bounds.
     #[error("invalid checkpoint policy: {0}")]
     Policy(String),
+    /// A new run was pointed at a directory that holds checkpoints of an earlier run. They are
+    /// the user's data: resume from them ([`super::latest`], [`super::Checkpointer::resuming`]),
+    /// point the run elsewhere, or discard them explicitly
+    /// ([`super::Checkpointer::discarding_existing`]).
+    #[error(
+        "`{dir}` holds {} checkpoint(s) of an earlier run ({}): resume from them, choose \
+         another directory, or discard them explicitly",
+        found.len(),
+        found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    Occupied {
+        /// The directory.
+        dir: PathBuf,
+        /// The checkpoints in it, newest first.
+        found: Vec<PathBuf>,
+    },
+    /// The directory holds checkpoints but none of them verifies: each one's reason is listed.
+    /// Nothing is resumed, and a new run does not take the directory over silently.
+    #[error(
+        "none of the {} checkpoint(s) in `{dir}` verifies: {}",
+        skipped.len(),
+        skipped.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    NothingVerifies {
+        /// The directory.
+        dir: PathBuf,
+        /// Why each checkpoint was refused, newest first.
+        skipped: Vec<CheckpointError>,
+    },
+}
+
+impl CheckpointError {
+    /// Whether the error says the checkpoint itself is damaged or unreadable by this build (a
+    /// file missing, truncated or corrupt, another format version): such a checkpoint is skipped
+    /// by [`super::latest`]. A failing read ([`CheckpointError::Io`]) is not damage: it may be
+    /// transient, and skipping would resume from an older state than the run has.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            Self::MissingFile { .. }
+                | Self::Truncated { .. }
+                | Self::Checksum { .. }
+                | Self::Version { .. }
+                | Self::Corrupt { .. }
+                | Self::Protocol { .. }
+        )
+    }
 }

@@ -1,12 +1,16 @@
 //! The checkpoint directory on disk: durable, atomic writes and verified reads.
 //!
-//! One checkpoint is one directory `step-<step, 12 digits>` holding its files and a
-//! `manifest.json` that names every file with its length and CRC-32 and carries the format
-//! version. A write builds the directory under a temporary name (`.tmp-…`), fsyncs every file,
-//! writes and fsyncs the manifest last, fsyncs the directory, renames it into place and fsyncs the
-//! parent: a checkpoint directory exists under its final name only once all of it is durable, and
-//! a process killed mid-write leaves only a temporary directory, which readers ignore and the
-//! next write removes. Older checkpoints are removed only after the new one is durable.
+//! One checkpoint is one directory `step-<step, 12 digits>` (or `step-<step>.<generation>` when
+//! a step is written again) holding its files and a `manifest.json` that names every file with
+//! its length and CRC-32 and carries the format version. A write builds the directory under a
+//! temporary name (`.tmp-…`), fsyncs every file, writes and fsyncs the manifest last, fsyncs the
+//! directory, renames it into place under a name no other checkpoint has, and fsyncs the parent:
+//! a checkpoint directory exists under its final name only once all of it is durable, a process
+//! killed mid-write leaves only a temporary directory (which readers ignore and the next write
+//! removes), and a rewrite of a step never moves the older checkpoint of that step out of the way
+//! first (a new generation is written beside it). Writing never removes a checkpoint: removal
+//! is [`remove`]'s job, which renames the checkpoint to a temporary name first, so that a crash
+//! half-way through a removal leaves a temporary directory, not a damaged checkpoint.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -76,25 +80,133 @@ fn io(path: &Path, operation: &'static str) -> impl FnOnce(std::io::Error) -> Ch
     }
 }
 
-fn fsync_dir(path: &Path) -> Result<(), CheckpointError> {
-    File::open(path)
-        .and_then(|dir| dir.sync_all())
-        .map_err(io(path, "fsync directory"))
+/// One stage of a checkpoint write or removal, in the order they happen, handed to a
+/// [`WriteHook`] before it runs.
+///
+/// A hook that returns an error stops the write or removal right there, leaving the disk as a
+/// crash before that stage would: the tests use this to check that every stage is crash-safe, and
+/// a program can use it to report progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteStage<'a> {
+    /// Create the temporary directory the checkpoint is built in.
+    CreateTemporary(&'a Path),
+    /// Create and write one file (a state, the protocol state, the layout, the extra value or,
+    /// last, the manifest).
+    WriteFile(&'a Path),
+    /// Fsync that file.
+    FsyncFile(&'a Path),
+    /// Fsync the temporary directory (all its entries are durable).
+    FsyncTemporary(&'a Path),
+    /// Rename the temporary directory to the checkpoint's final name.
+    Rename {
+        /// The temporary directory.
+        from: &'a Path,
+        /// The final name.
+        to: &'a Path,
+    },
+    /// Fsync the checkpoint directory's parent (the rename, or a removal, is durable).
+    FsyncParent(&'a Path),
+    /// Rename a checkpoint being removed to a temporary name.
+    RenameForRemoval {
+        /// The checkpoint.
+        from: &'a Path,
+        /// The temporary name.
+        to: &'a Path,
+    },
+    /// Delete a directory: a renamed-away checkpoint, or the temporary directory of a write
+    /// that never finished.
+    Delete(&'a Path),
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let mut file = File::create(path).map_err(io(path, "create"))?;
-    file.write_all(bytes).map_err(io(path, "write"))?;
-    file.sync_all().map_err(io(path, "fsync"))
+impl WriteStage<'_> {
+    /// What the stage does, for error messages.
+    pub fn operation(&self) -> &'static str {
+        match self {
+            Self::CreateTemporary(_) => "create directory",
+            Self::WriteFile(_) => "write",
+            Self::FsyncFile(_) => "fsync",
+            Self::FsyncTemporary(_) | Self::FsyncParent(_) => "fsync directory",
+            Self::Rename { .. } | Self::RenameForRemoval { .. } => "rename",
+            Self::Delete(_) => "remove",
+        }
+    }
+
+    /// The file or directory it acts on (the source of a rename).
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::CreateTemporary(p)
+            | Self::WriteFile(p)
+            | Self::FsyncFile(p)
+            | Self::FsyncTemporary(p)
+            | Self::FsyncParent(p)
+            | Self::Delete(p) => p,
+            Self::Rename { from, .. } | Self::RenameForRemoval { from, .. } => from,
+        }
+    }
 }
 
-/// The directory name of the checkpoint of step `step`.
-pub(crate) fn name(step: u64) -> String {
-    format!("{PREFIX}{step:012}")
+/// Called before every [`WriteStage`]; an error stops the write there (see [`WriteStage`]).
+pub type WriteHook = dyn FnMut(&WriteStage<'_>) -> std::io::Result<()> + Send;
+
+/// Runs `hook` for `stage`, then `action`; either's error becomes a [`CheckpointError::Io`]
+/// naming the stage's path and operation.
+fn stage<T>(
+    hook: &mut WriteHook,
+    stage: WriteStage<'_>,
+    action: impl FnOnce() -> std::io::Result<T>,
+) -> Result<T, CheckpointError> {
+    let fail = io(stage.path(), stage.operation());
+    hook(&stage).and_then(|()| action()).map_err(fail)
 }
 
-/// Checkpoint directories under `dir` (final names only), newest step first.
-pub(crate) fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
+fn fsync_dir(path: &Path) -> std::io::Result<()> {
+    File::open(path).and_then(|dir| dir.sync_all())
+}
+
+fn write_file(hook: &mut WriteHook, path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let file = stage(hook, WriteStage::WriteFile(path), || {
+        let mut file = File::create(path)?;
+        file.write_all(bytes)?;
+        Ok(file)
+    })?;
+    stage(hook, WriteStage::FsyncFile(path), || file.sync_all())
+}
+
+/// Where a checkpoint is: its step and generation (0 for the first write of a step, then 1, 2, …
+/// for rewrites of the same step), and its directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub step: u64,
+    pub generation: u64,
+    pub path: PathBuf,
+}
+
+/// The directory name of the checkpoint of step `step`, generation `generation`.
+pub(crate) fn name(step: u64, generation: u64) -> String {
+    if generation == 0 {
+        format!("{PREFIX}{step:012}")
+    } else {
+        format!("{PREFIX}{step:012}.{generation}")
+    }
+}
+
+/// The step and generation a checkpoint directory name stands for; `None` for any other name.
+fn parse_name(name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix(PREFIX)?;
+    let (step, generation) = match rest.split_once('.') {
+        Some((step, generation)) => (step, generation.parse::<u64>().ok()?),
+        None => (rest, 0),
+    };
+    // Digits only: `parse` would also take a sign.
+    if step.is_empty() || !step.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((step.parse().ok()?, generation))
+}
+
+/// Checkpoint directories under `dir` (final names only), newest first: highest step, then
+/// highest generation. A missing `dir` holds none.
+pub(crate) fn list(dir: &Path) -> Result<Vec<Entry>, CheckpointError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -103,34 +215,35 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
     let mut found = Vec::new();
     for entry in entries {
         let entry = entry.map_err(io(dir, "list"))?;
-        let file_name = entry.file_name();
-        let Some(step) = file_name
-            .to_str()
-            .and_then(|n| n.strip_prefix(PREFIX))
-            .and_then(|s| s.parse::<u64>().ok())
-        else {
+        let Some((step, generation)) = entry.file_name().to_str().and_then(parse_name) else {
             continue;
         };
-        found.push((step, entry.path()));
+        found.push(Entry {
+            step,
+            generation,
+            path: entry.path(),
+        });
     }
-    found.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
+    found.sort_by_key(|e| std::cmp::Reverse((e.step, e.generation)));
     Ok(found)
 }
 
-/// Writes one checkpoint of `step` with `files` durably into `dir`, then keeps the newest `keep`
-/// checkpoints (the new one included) and removes any checkpoint of a later step (left by a run
-/// that was resumed from before it). Returns the checkpoint's directory.
+/// Writes one checkpoint of `step` with `files` durably into `dir`, under a name no checkpoint
+/// there has (a rewrite of `step` gets the next generation), and returns its directory. Removes
+/// the temporary directories of earlier writes that never finished; never removes a checkpoint.
 pub(crate) fn write(
     dir: &Path,
     step: u64,
     files: &[(String, Vec<u8>)],
-    keep: usize,
+    hook: &mut WriteHook,
 ) -> Result<PathBuf, CheckpointError> {
     fs::create_dir_all(dir).map_err(io(dir, "create directory"))?;
-    remove_temporaries(dir)?;
+    remove_temporaries(dir, hook)?;
     let pid = std::process::id();
-    let temporary = dir.join(format!("{TEMPORARY}{}-{pid}", name(step)));
-    fs::create_dir(&temporary).map_err(io(&temporary, "create directory"))?;
+    let temporary = dir.join(format!("{TEMPORARY}{}-{pid}", name(step, 0)));
+    stage(hook, WriteStage::CreateTemporary(&temporary), || {
+        fs::create_dir(&temporary)
+    })?;
     let mut manifest = Manifest {
         format: FORMAT_NAME.to_owned(),
         version: CHECKPOINT_FORMAT_VERSION,
@@ -138,7 +251,7 @@ pub(crate) fn write(
         files: Vec::with_capacity(files.len()),
     };
     for (file_name, bytes) in files {
-        write_file(&temporary.join(file_name), bytes)?;
+        write_file(hook, &temporary.join(file_name), bytes)?;
         manifest.files.push(FileEntry {
             name: file_name.clone(),
             bytes: bytes.len() as u64,
@@ -150,49 +263,67 @@ pub(crate) fn write(
             what: "manifest",
             message: e.to_string(),
         })?;
-    write_file(&temporary.join(MANIFEST), &manifest_bytes)?;
-    fsync_dir(&temporary)?;
+    write_file(hook, &temporary.join(MANIFEST), &manifest_bytes)?;
+    stage(hook, WriteStage::FsyncTemporary(&temporary), || {
+        fsync_dir(&temporary)
+    })?;
 
-    let destination = dir.join(name(step));
-    // A checkpoint of the same step already there (a run resumed from before it): move it
-    // aside first, so that the rename below lands; it is removed once the new one is durable.
-    let replaced = if destination.exists() {
-        let aside = dir.join(format!("{TEMPORARY}old-{}-{pid}", name(step)));
-        fs::rename(&destination, &aside).map_err(io(&destination, "rename"))?;
-        Some(aside)
-    } else {
-        None
-    };
-    fs::rename(&temporary, &destination).map_err(io(&temporary, "rename"))?;
-    fsync_dir(dir)?;
-
-    // The new checkpoint is durable: now older ones may go.
-    if let Some(aside) = replaced {
-        fs::remove_dir_all(&aside).map_err(io(&aside, "remove"))?;
-    }
-    let mut kept = 0usize;
-    for (other, path) in list(dir)? {
-        let remove = if other > step {
-            true
-        } else {
-            kept += 1;
-            kept > keep.max(1)
-        };
-        if remove {
-            fs::remove_dir_all(&path).map_err(io(&path, "remove"))?;
-        }
-    }
-    fsync_dir(dir)?;
+    // A checkpoint of this step may be there already (a run resumed from before it, or a second
+    // write between two steps): the new one goes beside it, as the next generation, so that the
+    // older one keeps its final name until the new one has its own.
+    let generation = list(dir)?
+        .iter()
+        .filter(|e| e.step == step)
+        .map(|e| e.generation + 1)
+        .max()
+        .unwrap_or(0);
+    let destination = dir.join(name(step, generation));
+    stage(
+        hook,
+        WriteStage::Rename {
+            from: &temporary,
+            to: &destination,
+        },
+        || fs::rename(&temporary, &destination),
+    )?;
+    stage(hook, WriteStage::FsyncParent(dir), || fsync_dir(dir))?;
     Ok(destination)
 }
 
-/// Removes the temporary directories of writes that never finished (a killed process).
-fn remove_temporaries(dir: &Path) -> Result<(), CheckpointError> {
+/// Removes the checkpoint in `path` (a directory of `dir`): renames it to a temporary name,
+/// makes that durable, then deletes it. A crash part-way leaves the checkpoint whole under its
+/// name, or a temporary directory; never a half-deleted checkpoint that a reader would have to
+/// skip.
+pub(crate) fn remove(dir: &Path, path: &Path, hook: &mut WriteHook) -> Result<(), CheckpointError> {
+    let leaf = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let aside = dir.join(format!("{TEMPORARY}removed-{leaf}-{}", std::process::id()));
+    stage(
+        hook,
+        WriteStage::RenameForRemoval {
+            from: path,
+            to: &aside,
+        },
+        || fs::rename(path, &aside),
+    )?;
+    stage(hook, WriteStage::FsyncParent(dir), || fsync_dir(dir))?;
+    stage(hook, WriteStage::Delete(&aside), || {
+        fs::remove_dir_all(&aside)
+    })
+}
+
+/// Removes the temporary directories of writes and removals that never finished (a killed
+/// process). They are never checkpoints: a checkpoint has its final name once it is complete.
+fn remove_temporaries(dir: &Path, hook: &mut WriteHook) -> Result<(), CheckpointError> {
     for entry in fs::read_dir(dir).map_err(io(dir, "list"))? {
         let entry = entry.map_err(io(dir, "list"))?;
         if entry.file_name().to_string_lossy().starts_with(TEMPORARY) {
             let path = entry.path();
-            fs::remove_dir_all(&path).map_err(io(&path, "remove"))?;
+            stage(hook, WriteStage::Delete(&path), || {
+                fs::remove_dir_all(&path)
+            })?;
         }
     }
     Ok(())

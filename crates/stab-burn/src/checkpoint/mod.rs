@@ -19,10 +19,19 @@
 //! # Durability
 //! A checkpoint is a directory written under a temporary name, every file fsynced, a manifest
 //! with each file's length and CRC-32 and the format version written last, the directory
-//! fsynced, renamed into place and its parent fsynced. Older checkpoints are removed only once
-//! the new one is durable (the newest `keep` are kept). A process killed at any point leaves the
-//! previous checkpoints intact and at most a temporary directory, which [`latest`] ignores and
-//! the next write removes.
+//! fsynced, renamed into place under a name no other checkpoint has (a rewrite of a step is a
+//! new *generation* beside the old one) and its parent fsynced. A [`Checkpointer`] removes its
+//! older checkpoints only once the new one is durable (the newest `keep` are kept), each by a
+//! rename to a temporary name before it is deleted. At every instant of a write or a removal,
+//! the newest good checkpoint exists under its final name: a process killed at any point leaves
+//! the previous checkpoints intact and at most a temporary directory, which [`latest`] ignores
+//! and the next write removes. `docs/ARCHITECTURE.md` lists every crash point and its test.
+//!
+//! # The directory is the user's data
+//! Nothing removes a checkpoint it did not write, unless asked: a new run refuses a directory
+//! with checkpoints ([`CheckpointError::Occupied`]), [`latest`] skips damaged checkpoints
+//! without removing them, says why ([`Checkpoint::skipped`], [`CheckpointError::NothingVerifies`])
+//! and treats a failing read as an error, not as damage ([`CheckpointError::is_damage`]).
 //!
 //! # What resume guarantees
 //! On a deterministic backend (Flex, the CPU backend, is), a run resumed from a checkpoint
@@ -48,7 +57,7 @@ mod write;
 use serde::{Deserialize, Serialize};
 
 pub use error::CheckpointError;
-pub use files::CHECKPOINT_FORMAT_VERSION;
+pub use files::{CHECKPOINT_FORMAT_VERSION, WriteHook, WriteStage};
 pub use policy::{CheckpointPolicy, Checkpointer};
 pub use resume::{Checkpoint, Resumed, Verification, latest, verify_all};
 pub use write::CheckpointInfo;

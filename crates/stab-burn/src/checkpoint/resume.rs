@@ -19,6 +19,8 @@ use crate::guard::Guard;
 #[derive(Debug)]
 pub struct Checkpoint {
     contents: files::Contents,
+    /// 0 for the first write of its step, then 1, 2, … for rewrites of the same step.
+    generation: u64,
     protocol: ProtocolState,
     layout: Layout,
     skipped: Vec<CheckpointError>,
@@ -41,8 +43,14 @@ impl Checkpoint {
     }
 
     /// Newer checkpoints that were refused, with why (truncated, corrupt, another version).
+    /// They are left on disk.
     pub fn skipped(&self) -> &[CheckpointError] {
         &self.skipped
+    }
+
+    /// Its step and generation, the order of checkpoints in a directory.
+    pub(crate) fn position(&self) -> (u64, u64) {
+        (self.contents.step, self.generation)
     }
 
     /// The saved protocol state.
@@ -63,7 +71,8 @@ impl Checkpoint {
 }
 
 /// Reads and checks one checkpoint directory.
-fn open(path: &Path, step: u64) -> Result<Checkpoint, CheckpointError> {
+fn open(entry: &files::Entry) -> Result<Checkpoint, CheckpointError> {
+    let (path, step) = (entry.path.as_path(), entry.step);
     let contents = files::read(path, step)?;
     let corrupt = |file: &str, reason: String| CheckpointError::Corrupt {
         path: path.join(file),
@@ -112,30 +121,49 @@ fn open(path: &Path, step: u64) -> Result<Checkpoint, CheckpointError> {
     contents.file(EXTRA)?;
     Ok(Checkpoint {
         contents,
+        generation: entry.generation,
         protocol,
         layout,
         skipped: Vec::new(),
     })
 }
 
-/// The newest checkpoint in `dir` that verifies completely, or `None` if there is none. Newer
-/// ones that fail (truncated, corrupt, another format version) are skipped, never loaded, and
-/// listed in [`Checkpoint::skipped`]; temporary directories of unfinished writes are ignored.
+/// The newest checkpoint in `dir` that verifies completely.
+///
+/// Newer ones that are damaged or unreadable by this build (a file missing, truncated or
+/// corrupt, another format version: [`CheckpointError::is_damage`]) are skipped, never loaded,
+/// and listed with why in [`Checkpoint::skipped`]; nothing is removed. Temporary directories of
+/// unfinished writes are ignored.
+///
+/// `Ok(None)` means the directory holds no checkpoint at all (or does not exist): a new run may
+/// start there.
 ///
 /// # Errors
-/// [`CheckpointError::Io`] if `dir` cannot be listed.
+/// - [`CheckpointError::NothingVerifies`] when there are checkpoints but none verifies, with
+///   each one's reason: resuming is impossible, and starting over would silently abandon them.
+/// - [`CheckpointError::Io`] when `dir` cannot be listed or a file cannot be read for another
+///   reason than its absence (a transient I/O error, permissions): that is not a damaged
+///   checkpoint, and skipping it would resume from an older state than the run reached.
 pub fn latest(dir: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
+    let candidates = files::list(dir)?;
+    if candidates.is_empty() {
+        return Ok(None);
+    }
     let mut skipped = Vec::new();
-    for (step, path) in files::list(dir)? {
-        match open(&path, step) {
+    for entry in candidates {
+        match open(&entry) {
             Ok(mut checkpoint) => {
                 checkpoint.skipped = skipped;
                 return Ok(Some(checkpoint));
             }
-            Err(error) => skipped.push(error),
+            Err(error) if error.is_damage() => skipped.push(error),
+            Err(error) => return Err(error),
         }
     }
-    Ok(None)
+    Err(CheckpointError::NothingVerifies {
+        dir: dir.to_path_buf(),
+        skipped,
+    })
 }
 
 /// One checkpoint's step and whether it verifies (and if not, why), from [`verify_all`].
@@ -149,7 +177,7 @@ pub type Verification = (u64, Result<(), CheckpointError>);
 pub fn verify_all(dir: &Path) -> Result<Vec<Verification>, CheckpointError> {
     Ok(files::list(dir)?
         .into_iter()
-        .map(|(step, path)| (step, open(&path, step).map(|_| ())))
+        .map(|entry| (entry.step, open(&entry).map(|_| ())))
         .collect())
 }
 

@@ -7,7 +7,8 @@ use burn::tensor::Bytes;
 use serde::Serialize;
 use stab_core::{ProtocolState, SlotId};
 
-use super::{CheckpointError, EXTRA, LAYOUT, Layout, PROTOCOL, files, model_file, optim_file};
+use super::files::{self, WriteHook};
+use super::{CheckpointError, EXTRA, LAYOUT, Layout, PROTOCOL, model_file, optim_file};
 use crate::guard::Guard;
 use crate::store::SlotExport;
 
@@ -121,8 +122,10 @@ fn same_state(a: &(Vec<u8>, Vec<u8>), b: &(Vec<u8>, Vec<u8>)) -> bool {
 impl<M: Module + 'static> Guard<M> {
     /// Writes a checkpoint of the run into `dir` (see [`crate::checkpoint`]): `model`
     /// (the model the last step returned), the optimizer, every ring slot's state, the step
-    /// protocol's state and `extra`, the training loop's own state. Keeps the newest `keep`
-    /// checkpoints (at least 1). Call it between steps.
+    /// protocol's state and `extra`, the training loop's own state. Call it between steps.
+    ///
+    /// It removes no checkpoint: a second write of the same step goes beside the first (the
+    /// next generation), and keeping only the newest few is [`crate::Checkpointer`]'s job.
     ///
     /// # Errors
     /// [`CheckpointError::Protocol`] in the middle of a step or after the run stopped; a store
@@ -132,8 +135,18 @@ impl<M: Module + 'static> Guard<M> {
         &self,
         model: &M,
         dir: &Path,
-        keep: usize,
         extra: &E,
+    ) -> Result<CheckpointInfo, CheckpointError> {
+        self.write_checkpoint(model, dir, extra, &mut |_| Ok(()))
+    }
+
+    /// [`Guard::checkpoint_to`] with a hook before each stage of the write.
+    pub(crate) fn write_checkpoint<E: Serialize>(
+        &self,
+        model: &M,
+        dir: &Path,
+        extra: &E,
+        hook: &mut WriteHook,
     ) -> Result<CheckpointInfo, CheckpointError> {
         let protocol =
             self.protocol()
@@ -216,7 +229,7 @@ impl<M: Module + 'static> Guard<M> {
         }
         let bytes = files.iter().map(|(_, b)| b.len() as u64).sum();
         let step = protocol.next_step();
-        let path = files::write(dir, step, &files, keep)?;
+        let path = files::write(dir, step, &files, hook)?;
         Ok(CheckpointInfo {
             path,
             step,

@@ -2,6 +2,8 @@
 //! probe, and an exact byte dump of a training state (independent of the crate's fingerprints).
 #![allow(dead_code)]
 
+pub mod checkpointing;
+
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
