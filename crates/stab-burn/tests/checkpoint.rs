@@ -346,19 +346,58 @@ fn policy_bounds_are_checked() {
 }
 
 const CHILD_ENV: &str = "STAB_CHECKPOINT_CHILD_DIR";
+/// The child's kill point: the index of the event (a step's record written, or a stage of a
+/// checkpoint write) at which it asks to be killed. Unset: it runs to the end.
+const KILL_AT_ENV: &str = "STAB_CHECKPOINT_KILL_AT";
 const KILLED_STEPS: u64 = 120;
 const KILLS: u32 = 20;
+/// Kill points are drawn among a child's first `MAX_EVENTS_PER_KILL` events: a step is one
+/// record and the stages of one checkpoint write with a removal (about 28), so a child gets at
+/// most about five steps further before its kill.
+const MAX_EVENTS_PER_KILL: u64 = 140;
 
-/// The child process of [`a_run_killed_at_random_points_resumes_exactly`], which runs it with
+/// Counts the child's events; at the chosen one, asks the parent for SIGKILL (a line on stdout)
+/// and waits for it, so that the kill lands exactly there whatever the machine's load.
+#[derive(Clone)]
+struct KillPoint {
+    next: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    at: Option<u64>,
+}
+
+impl KillPoint {
+    fn from_env() -> Self {
+        Self {
+            next: Default::default(),
+            at: std::env::var(KILL_AT_ENV).ok().map(|v| v.parse().unwrap()),
+        }
+    }
+
+    fn event(&self, what: &str) {
+        use std::io::Write;
+        let index = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if Some(index) == self.at {
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "KILL {what}").unwrap();
+            stdout.flush().unwrap();
+            // Killed long before this ends; a parent that missed the line gets a failing exit.
+            std::thread::sleep(std::time::Duration::from_secs(120));
+            std::process::exit(3);
+        }
+    }
+}
+
+/// The child process of [`a_run_killed_at_chosen_points_resumes_exactly`], which runs it with
 /// `STAB_CHECKPOINT_CHILD_DIR` set: trains `KILLED_STEPS` steps, resuming from the newest
 /// checkpoint in the directory if there is one, with a checkpoint after every accepted step and
 /// every recovery action; appends each step's report to `records.txt` and writes its final state
-/// to `final.txt` at the end.
+/// to `final.txt` at the end. With `STAB_CHECKPOINT_KILL_AT` set, it stops at that event and asks
+/// to be killed.
 #[test]
-#[ignore = "the child process of a_run_killed_at_random_points_resumes_exactly, which runs it"]
+#[ignore = "the child process of a_run_killed_at_chosen_points_resumes_exactly, which runs it"]
 fn checkpointed_child() {
     use std::io::Write;
     let dir = PathBuf::from(std::env::var(CHILD_ENV).expect("STAB_CHECKPOINT_CHILD_DIR"));
+    let kill = KillPoint::from_env();
     let checkpoints = dir.join("checkpoints");
     let device = common::training_device();
     let policy = CheckpointPolicy {
@@ -366,7 +405,7 @@ fn checkpointed_child() {
         keep: 2,
         on_recovery: true,
     };
-    let (mut guard, mut model, start, mut checkpointer) = match checkpoint::latest(&checkpoints)
+    let (mut guard, mut model, start, checkpointer) = match checkpoint::latest(&checkpoints)
         .unwrap()
     {
         Some(checkpoint) => {
@@ -389,6 +428,11 @@ fn checkpointed_child() {
             (guard, model, 0, checkpointer)
         }
     };
+    let stage_kill = kill.clone();
+    let mut checkpointer = checkpointer.with_write_hook(move |stage| {
+        stage_kill.event(&format!("{stage:?}"));
+        Ok(())
+    });
     let mut records = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -401,6 +445,7 @@ fn checkpointed_child() {
         records
             .write_all(format!("{t}\t{report:?}\n").as_bytes())
             .unwrap();
+        kill.event("record");
         let position = Position { next_batch: t + 1 };
         checkpointer
             .after_step(&guard, &model, &report, &position)
@@ -415,18 +460,23 @@ fn checkpointed_child() {
     std::fs::rename(&temporary, dir.join("final.txt")).unwrap();
 }
 
-fn child(dir: &Path) -> std::process::Command {
+fn child(dir: &Path, kill_at: Option<u64>) -> std::process::Command {
     let mut command = std::process::Command::new(std::env::current_exe().unwrap());
     command
         .args([
             "checkpointed_child",
             "--exact",
             "--ignored",
+            "--nocapture",
             "--test-threads=1",
         ])
         .env(CHILD_ENV, dir)
-        .stdout(std::process::Stdio::null())
+        .env_remove(KILL_AT_ENV)
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null());
+    if let Some(at) = kill_at {
+        command.env(KILL_AT_ENV, at.to_string());
+    }
     command
 }
 
@@ -445,20 +495,15 @@ fn records(dir: &Path) -> std::collections::BTreeMap<u64, Vec<String>> {
     by_step
 }
 
-fn has_temporary(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|entries| {
-        entries
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
-    })
-}
-
-/// Issue 15's acceptance test: a child process training with checkpoints is killed (SIGKILL) at
-/// 20 random points, some of them during a checkpoint write, and resumed each time; its final
-/// parameters, running statistics, optimizer state and every step record equal those of an
-/// uninterrupted run from the same initial state, bit for bit.
+/// Issue 15's acceptance test, with issue 20's load-independent kill points: a child process
+/// training with checkpoints is killed (SIGKILL) at 20 chosen points, inside checkpoint writes
+/// and between a step's record and its checkpoint, and resumed each time; its final parameters,
+/// running statistics, optimizer state and every step record equal those of an uninterrupted run
+/// from the same initial state, bit for bit. The child asks for each kill at its chosen event
+/// and waits for it, so where the kills land does not depend on the machine's load.
 #[test]
-fn a_run_killed_at_random_points_resumes_exactly() {
+fn a_run_killed_at_chosen_points_resumes_exactly() {
+    use std::io::BufRead;
     if !deterministic_backend() {
         eprintln!("skipped: bit-identical replay needs a deterministic backend (Flex)");
         return;
@@ -471,41 +516,46 @@ fn a_run_killed_at_random_points_resumes_exactly() {
         dir
     };
     let clean = prepare("clean");
-    let started = std::time::Instant::now();
-    let output = child(&clean).output().unwrap();
+    let output = child(&clean, None).output().unwrap();
     assert!(output.status.success(), "the uninterrupted child failed");
-    // Kill delays scale with this machine's speed: on average the 20 children get 60 % of an
-    // uninterrupted run's time between them, so the run cannot finish before the 20th kill.
-    let longest_delay = (started.elapsed().as_millis() as u64 * 12 / 10 / u64::from(KILLS)).max(2);
 
     let killed = prepare("killed");
     let mut rng = common::Rng(15);
-    let (mut kills, mut during_write, mut children) = (0u32, 0u32, 0u32);
-    loop {
-        let mut process = child(&killed).spawn().unwrap();
-        children += 1;
-        if kills < KILLS {
-            let delay = 1 + rng.next() % longest_delay;
-            std::thread::sleep(std::time::Duration::from_millis(delay));
-            if process.try_wait().unwrap().is_none() {
-                process.kill().unwrap(); // SIGKILL
-                process.wait().unwrap();
-                kills += 1;
-                if has_temporary(&killed.join("checkpoints")) {
-                    during_write += 1;
-                }
-                continue;
-            }
+    let (mut during_write, mut between_writes) = (0u32, 0u32);
+    let mut stages_hit = std::collections::BTreeSet::new();
+    for kill in 0..KILLS {
+        let at = rng.next() % MAX_EVENTS_PER_KILL;
+        let mut process = child(&killed, Some(at)).spawn().unwrap();
+        let stdout = std::io::BufReader::new(process.stdout.take().unwrap());
+        let asked = stdout
+            .lines()
+            .map_while(Result::ok)
+            // libtest may have printed the test's name on the same line.
+            .find_map(|line| line.split_once("KILL ").map(|(_, point)| point.to_owned()));
+        let Some(point) = asked else {
+            panic!(
+                "kill {kill}: the child ended before its event {at}: {:?}",
+                process.wait()
+            );
+        };
+        process.kill().unwrap(); // SIGKILL
+        process.wait().unwrap();
+        if point == "record" {
+            between_writes += 1;
+        } else {
+            during_write += 1;
+            let kind = point.split([' ', '(']).next().unwrap_or_default();
+            stages_hit.insert(kind.to_owned());
         }
-        assert!(process.wait().unwrap().success(), "a resumed child failed");
-        break;
     }
+    let last = child(&killed, None).output().unwrap();
+    assert!(last.status.success(), "the resumed child failed");
     eprintln!(
-        "{children} children, {kills} kills (random delays up to {longest_delay} ms), \
-         {during_write} during a checkpoint write"
+        "{KILLS} kills: {during_write} during a checkpoint write (stages {stages_hit:?}), \
+         {between_writes} between a step's record and its checkpoint"
     );
-    assert!(kills >= KILLS, "the run finished after {kills} kills");
-    assert!(during_write > 0, "no kill landed during a checkpoint write");
+    assert!(during_write > 0 && between_writes > 0);
+    assert!(stages_hit.len() >= 3, "{stages_hit:?}");
 
     let expected = std::fs::read_to_string(clean.join("final.txt")).unwrap();
     let actual = std::fs::read_to_string(killed.join("final.txt")).unwrap();
