@@ -18,7 +18,7 @@ use crate::fingerprint::state_fingerprint;
 use crate::probe::Measure;
 use crate::report::{GuardedStep, StepReport, StepTimings};
 use crate::signals::{
-    gradient_cosine, gradient_norm, reference_gradients, scale_gradients, update_norm,
+    gradient_cosine, gradient_norm, reference_gradients, scale_gradients, scale_update, update_norm,
 };
 use crate::store::{StateStore, StoreMemory};
 
@@ -240,16 +240,19 @@ impl<M: Module + 'static> Guard<M> {
                     None => grads,
                 };
                 let clock = Instant::now();
-                let proposal = self.optim.step(lr, model, grads);
+                let mut proposal = self.optim.step(lr, model, grads);
                 timings.optimizer = clock.elapsed();
                 let clock = Instant::now();
-                update = match previous {
-                    Some(previous) => Some(
-                        update_norm(&previous, &proposal)
-                            .map_err(|source| GuardError::Signal { step, source })?,
-                    ),
-                    None => None,
-                };
+                if let Some(previous) = previous {
+                    let norm = update_norm(&previous, &proposal)
+                        .map_err(|source| GuardError::Signal { step, source })?;
+                    // The update gate's patience is spent on an outsized update: it is measured
+                    // (and, if accepted, kept) clipped to the gate's ceiling.
+                    if let Some(factor) = self.protocol.update_clip(norm) {
+                        proposal = scale_update(&previous, proposal, factor);
+                    }
+                    update = Some(norm);
+                }
                 timings.measure += clock.elapsed();
                 let pending = match (measure, before) {
                     (false, _) => Pending::Measured(None),

@@ -178,6 +178,6 @@ pub use probe::{Measure, Probe};
 pub use report::{GuardedStep, StepAction, StepReport, StepTimings};
 pub use running_state::{RunningStateSnapshot, sync_running_states};
 pub use signals::{
-    gradient_cosine, gradient_norm, reference_gradients, scale_gradients, update_norm,
+    gradient_cosine, gradient_norm, reference_gradients, scale_gradients, scale_update, update_norm,
 };
 pub use store::{DeviceStore, HostStore, SlotExport, StateStore, StoreKind, StoreMemory};

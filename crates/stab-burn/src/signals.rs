@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
@@ -100,6 +100,50 @@ pub fn update_norm<M: Module>(before: &M, after: &M) -> Result<f64, SignalError>
     let total = Tensor::cat(differences.sums, 0).sum();
     let values = read(total, "update norm")?;
     Ok(values[0].sqrt())
+}
+
+/// `after` with every trainable parameter moved back towards `before`:
+/// θ_before + factor · (θ_after − θ_before), the clipped update the update gate lets through
+/// once its patience is spent (`StepProtocol::update_clip`). Parameters keep their ids and
+/// whether they require a gradient; running statistics and parameters `before` does not have are
+/// left as `after` has them.
+pub fn scale_update<M: Module>(before: &M, after: M, factor: f64) -> M {
+    struct Collect(HashMap<ParamId, Tensor<1>>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.insert(param.id, param.val().flatten::<1>(0, D - 1));
+        }
+    }
+    struct Scale {
+        before: HashMap<ParamId, Tensor<1>>,
+        factor: f64,
+    }
+    impl ModuleMapper for Scale {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let Some(old) = self.before.remove(&param.id) else {
+                return param;
+            };
+            let factor = self.factor;
+            param.map(|new| {
+                let require_grad = new.is_require_grad();
+                let shape = new.shape();
+                let old = old.detach().reshape(shape);
+                let new = new.detach();
+                let scaled = old.clone() + (new - old).mul_scalar(factor);
+                if require_grad {
+                    scaled.require_grad()
+                } else {
+                    scaled
+                }
+            })
+        }
+    }
+    let mut collect = Collect(HashMap::new());
+    before.visit(&mut collect);
+    after.map(&mut Scale {
+        before: collect.0,
+        factor,
+    })
 }
 
 /// `grads` with every gradient of `model`'s trainable parameters multiplied by `factor`: the

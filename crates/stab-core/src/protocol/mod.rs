@@ -487,6 +487,34 @@ impl StepProtocol {
         self.gradient_clip
     }
 
+    /// After the optimizer proposed on a measured step, given the update's norm
+    /// ‖θ_prop − θ_t‖: the factor in (0, 1) to scale the update by before the probe measures
+    /// it, θ_t + factor · (θ_prop − θ_t), when the update gate's patience is spent and it lets an
+    /// outsized update through *clipped to its ceiling* (see [`crate::GateConfig`]). `None`:
+    /// measure the proposal as it is. Pass the unscaled norm to
+    /// [`StepProtocol::decide_with_update`] afterwards: the step is the gate's let-through either
+    /// way. A driver that cannot scale its update lets it through raw.
+    ///
+    /// Changes no state: asking twice gives the same answer.
+    pub fn update_clip(&self, update_norm: f64) -> Option<f64> {
+        if !matches!(self.phase, Phase::Proposing { measure: true })
+            || self.mode != Mode::Enforce
+            || self.controller.is_none()
+            || self.update_streak < self.config.update_gate.patience
+            || !update_norm.is_finite()
+        {
+            return None;
+        }
+        let gate = self.update_gate.as_ref()?;
+        match gate.check(update_norm) {
+            GateVerdict::Reject { .. } => gate
+                .ceiling()
+                .map(|ceiling| ceiling / update_norm)
+                .filter(|factor| *factor > 0.0 && *factor < 1.0),
+            GateVerdict::Pass => None,
+        }
+    }
+
     /// Decides on the proposal of the current step. `measurement` is y(θ_prop) when
     /// [`StepPlan::Propose`] asked for a measurement (`None` otherwise). A non-finite
     /// measurement is a rejection, not an error.
