@@ -172,7 +172,7 @@ pub use error::{DeviceError, FaultError, GuardError, ProbeError, SignalError, St
 pub use fault::{Fault, FaultKind, FaultSchedule};
 pub use fingerprint::{module_fingerprint, optimizer_fingerprint, state_fingerprint};
 pub use guard::{Guard, StepInputs};
-pub use overlap::{OverlappedGuard, OverlappedStep};
+pub use overlap::{DEFAULT_PROBE_TIMEOUT, OverlappedCheckpoint, OverlappedGuard, OverlappedStep};
 pub use probe::{Measure, Probe};
 pub use report::{GuardedStep, StepAction, StepReport, StepTimings};
 pub use running_state::{RunningStateSnapshot, sync_running_states};

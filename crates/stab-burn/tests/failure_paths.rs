@@ -1,0 +1,512 @@
+//! Nothing is lost on a failure path: every error raised after the step protocol has decided a
+//! step hands back the state that decision left, bit for bit (parameters, BatchNorm running
+//! statistics and optimizer state), with the optimizer holding the matching state; where the
+//! store cannot bring the last accepted state back, nothing is handed back as if it were. A
+//! failing observer and a failing store are small implementations of the public traits. With the
+//! `train` feature, the same failures through burn-train's `optimize` hook leave the model and
+//! the `Learner`'s optimizer consistent.
+//!
+//! The overlapped guard's probe failures (a probe that panics or hangs) end in typed errors, and
+//! dropping the guard does not wait for a hung probe.
+//!
+//! Not reachable through the public API on Flex: [`GuardError::Fingerprint`] (a device read of a
+//! state that fails), documented on `Guard::take_last_accepted`.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::optim::ModuleOptimizer;
+use burn::tensor::Device;
+
+use common::{Net, StateBytes, adamw, assert_same_state, batch, grads, probe};
+use stab_burn::{
+    DeviceStore, Fault, FaultKind, FaultSchedule, Guard, GuardConfig, GuardError, Measure,
+    OverlappedGuard, ProbeError, SlotExport, StateStore, StoreError, StoreMemory,
+};
+use stab_core::{ObserverError, SafetyViolation, SlotId, StepObserver, StepRecord};
+
+const LR: f64 = 1e-2;
+/// The step every test makes fail.
+const FAILING: u64 = 3;
+
+/// What a [`ScriptedStore`] is told to do, and what it was given; shared with the test.
+#[derive(Default)]
+struct Script {
+    /// Fail the next save (then clear the flag).
+    fail_next_save: bool,
+    /// Fail every restore and rewind.
+    fail_restores: bool,
+    /// Hand back a restored state with one parameter changed.
+    corrupt_restores: bool,
+    /// Every state handed to `save`, in order (the first is the initial state).
+    saved: Vec<StateBytes>,
+}
+
+/// A device store that records every saved state and fails on request.
+struct ScriptedStore {
+    inner: DeviceStore<Net>,
+    script: Arc<Mutex<Script>>,
+}
+
+impl ScriptedStore {
+    fn new() -> (Self, Arc<Mutex<Script>>) {
+        let script = Arc::new(Mutex::new(Script::default()));
+        let store = Self {
+            inner: DeviceStore::new(),
+            script: Arc::clone(&script),
+        };
+        (store, script)
+    }
+
+    fn script(&self) -> std::sync::MutexGuard<'_, Script> {
+        self.script.lock().unwrap()
+    }
+
+    fn restored(
+        &self,
+        restored: Result<(Net, ModuleOptimizer), StoreError>,
+    ) -> Result<(Net, ModuleOptimizer), StoreError> {
+        let (model, optim) = restored?;
+        if self.script().corrupt_restores {
+            return Ok((corrupt(model), optim));
+        }
+        Ok((model, optim))
+    }
+
+    fn refuse(&self) -> Result<(), StoreError> {
+        if self.script().fail_restores {
+            return Err(StoreError::OptimizerRecord {
+                store: "scripted",
+                operation: "deserialize",
+                message: "the host copy is unreadable (test)".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `model` with its classifier's weights moved by 1: a state that is not the one saved.
+fn corrupt(model: Net) -> Net {
+    let Net { conv, bn, fc } = model;
+    let Linear { weight, bias } = fc;
+    Net {
+        conv,
+        bn,
+        fc: Linear {
+            weight: weight.map(|w| w.add_scalar(1.0)),
+            bias,
+        },
+    }
+}
+
+impl StateStore<Net> for ScriptedStore {
+    fn name(&self) -> &'static str {
+        "scripted"
+    }
+
+    fn save(&mut self, model: &Net, optim: &ModuleOptimizer) -> Result<(), StoreError> {
+        let mut script = self.script();
+        script.saved.push(StateBytes::of(model, optim));
+        if std::mem::take(&mut script.fail_next_save) {
+            return Err(StoreError::WorkerUnavailable {
+                message: "no space left on device (test)".into(),
+            });
+        }
+        drop(script);
+        self.inner.save(model, optim)
+    }
+
+    fn restore(
+        &mut self,
+        rejected_model: Net,
+        rejected_optim: ModuleOptimizer,
+    ) -> Result<(Net, ModuleOptimizer), StoreError> {
+        self.refuse()?;
+        let restored = self.inner.restore(rejected_model, rejected_optim);
+        self.restored(restored)
+    }
+
+    fn copy(&mut self, from: SlotId, to: SlotId) -> Result<(), StoreError> {
+        self.inner.copy(from, to)
+    }
+
+    fn rewind(
+        &mut self,
+        slot: SlotId,
+        rejected_model: Net,
+        rejected_optim: ModuleOptimizer,
+    ) -> Result<(Net, ModuleOptimizer), StoreError> {
+        self.refuse()?;
+        let restored = self.inner.rewind(slot, rejected_model, rejected_optim);
+        self.restored(restored)
+    }
+
+    fn release(&mut self, slot: SlotId) -> Result<(), StoreError> {
+        self.inner.release(slot)
+    }
+
+    fn memory(&self) -> StoreMemory {
+        self.inner.memory()
+    }
+
+    fn export(&self, slot: SlotId) -> Result<SlotExport, StoreError> {
+        self.inner.export(slot)
+    }
+}
+
+/// A JSON-lines sink on a full disk, at step `fail_at`.
+struct FailingObserver {
+    fail_at: u64,
+}
+
+impl StepObserver for FailingObserver {
+    fn on_step(&mut self, record: &StepRecord) -> Result<(), ObserverError> {
+        if record.step == self.fail_at {
+            return Err(ObserverError {
+                step: record.step,
+                source: Box::new(std::io::Error::other("no space left on device (test)")),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The device's random generator is global and the tests run on parallel threads: every seeded
+/// initialization happens under this lock.
+static RNG: Mutex<()> = Mutex::new(());
+
+fn initial_model(device: &Device) -> Net {
+    let _draws = RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    device.seed(5);
+    let drawn = Net::new(device);
+    // burn initializes parameters lazily: read them all now, under the lock.
+    Net::new(device).load_record(drawn.into_record())
+}
+
+fn config() -> GuardConfig {
+    GuardConfig::default().with_verify_restores(true)
+}
+
+/// A learning-rate spike at step [`FAILING`] only: the probe rejects that proposal.
+fn spike() -> FaultSchedule {
+    FaultSchedule::new(1).with(Fault::new(
+        FaultKind::LearningRateScale { factor: 300.0 },
+        FAILING,
+        1,
+    ))
+}
+
+/// A guard on the scripted store (and the observer, if given), stepped to just before
+/// [`FAILING`]; every step so far committed.
+fn guard_before_failing_step(
+    observer: Option<FailingObserver>,
+) -> (Guard<Net>, Net, Arc<Mutex<Script>>, Device) {
+    let device = common::training_device();
+    let model = initial_model(&device);
+    let (store, script) = ScriptedStore::new();
+    let mut builder = Guard::builder(config()).probe(probe(&device)).store(store);
+    if let Some(observer) = observer {
+        builder = builder.observer(observer);
+    }
+    let mut guard = builder.build(&model, adamw()).unwrap();
+    let mut model = model;
+    for t in 0..FAILING {
+        let (g, _) = grads(&model, &batch(t, 16, &device));
+        model = guard.step(spike().lr(t, LR), model, g).unwrap().model;
+    }
+    assert_eq!(
+        script.lock().unwrap().saved.len() as u64,
+        FAILING + 1,
+        "the initial state and one commit per step"
+    );
+    (guard, model, script, device)
+}
+
+/// The failing step: its error.
+fn failing_step(guard: &mut Guard<Net>, model: Net, device: &Device) -> GuardError {
+    let (g, _) = grads(&model, &batch(FAILING, 16, device));
+    match guard.step(spike().lr(FAILING, LR), model, g) {
+        Ok(step) => panic!("step {FAILING} succeeded: {:?}", step.report),
+        Err(error) => error,
+    }
+}
+
+fn last_saved(script: &Arc<Mutex<Script>>) -> StateBytes {
+    script.lock().unwrap().saved.last().unwrap().clone()
+}
+
+#[test]
+fn a_failing_observer_after_a_commit_hands_back_the_committed_state() {
+    let (mut guard, model, script, device) =
+        guard_before_failing_step(Some(FailingObserver { fail_at: FAILING }));
+    // The plain learning rate: this step commits.
+    let (g, _) = grads(&model, &batch(FAILING, 16, &device));
+    let error = guard.step(LR, model, g).unwrap_err();
+    assert!(
+        matches!(&error, GuardError::Observer(e) if e.step == FAILING),
+        "{error}"
+    );
+    assert_eq!(
+        script.lock().unwrap().saved.len() as u64,
+        FAILING + 2,
+        "the step committed"
+    );
+    let handed = guard
+        .take_last_accepted()
+        .expect("the committed state is handed back");
+    assert!(guard.take_last_accepted().is_none(), "taken once");
+    // Bit for bit the state the store saved for the commit, optimizer included.
+    assert_same_state(
+        &last_saved(&script),
+        &StateBytes::of(&handed, guard.optimizer()),
+    );
+    // The step was complete: the run goes on from the state handed back.
+    let (g, _) = grads(&handed, &batch(FAILING + 1, 16, &device));
+    let next = guard.step(LR, handed, g).unwrap();
+    assert_eq!(next.report.step, FAILING + 1);
+    assert_eq!(
+        script.lock().unwrap().saved.len() as u64,
+        FAILING + 3,
+        "the next step committed"
+    );
+}
+
+#[test]
+fn a_failing_observer_after_a_rejection_hands_back_the_restored_state() {
+    let (mut guard, model, script, device) =
+        guard_before_failing_step(Some(FailingObserver { fail_at: FAILING }));
+    let last_accepted = last_saved(&script);
+    let error = failing_step(&mut guard, model, &device);
+    assert!(
+        matches!(&error, GuardError::Observer(e) if e.step == FAILING),
+        "{error}"
+    );
+    assert_eq!(guard.counters().rejected, 1, "the spike was rejected");
+    assert_eq!(
+        script.lock().unwrap().saved.len() as u64,
+        FAILING + 1,
+        "nothing committed"
+    );
+    let handed = guard.take_last_accepted().expect("a state is handed back");
+    assert_same_state(&last_accepted, &StateBytes::of(&handed, guard.optimizer()));
+}
+
+#[test]
+fn a_failed_save_of_a_commit_hands_back_the_accepted_proposal() {
+    let (mut guard, model, script, device) = guard_before_failing_step(None);
+    let previous = last_saved(&script);
+    script.lock().unwrap().fail_next_save = true;
+    // No spike at this step: use the plain learning rate.
+    let (g, _) = grads(&model, &batch(FAILING, 16, &device));
+    let error = guard.step(LR, model, g).unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            GuardError::Store {
+                operation: "save",
+                step: FAILING,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(
+        guard.counters().accepted,
+        FAILING + 1,
+        "the step was accepted"
+    );
+    let handed = guard
+        .take_last_accepted()
+        .expect("the accepted proposal is handed back");
+    let proposal = last_saved(&script);
+    assert_same_state(&proposal, &StateBytes::of(&handed, guard.optimizer()));
+    assert_ne!(
+        proposal, previous,
+        "the state handed back is the new one, not the store's previous snapshot"
+    );
+}
+
+#[test]
+fn a_failed_restore_hands_back_nothing() {
+    let (mut guard, model, script, device) = guard_before_failing_step(None);
+    script.lock().unwrap().fail_restores = true;
+    let error = failing_step(&mut guard, model, &device);
+    assert!(
+        matches!(
+            &error,
+            GuardError::Store {
+                operation: "restore",
+                step: FAILING,
+                source: StoreError::OptimizerRecord { .. },
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(guard.counters().rejected, 1, "the spike was rejected");
+    assert!(
+        guard.take_last_accepted().is_none(),
+        "the rejected proposal is not handed back as if accepted"
+    );
+}
+
+#[test]
+fn an_inexact_restore_is_a_safety_violation_and_hands_back_nothing() {
+    let (mut guard, model, script, device) = guard_before_failing_step(None);
+    script.lock().unwrap().corrupt_restores = true;
+    let error = failing_step(&mut guard, model, &device);
+    assert!(
+        matches!(
+            &error,
+            GuardError::Safety(SafetyViolation::InexactRestore { step: FAILING, .. })
+        ),
+        "{error}"
+    );
+    assert!(
+        guard.take_last_accepted().is_none(),
+        "a state that fails its fingerprint check is not handed back"
+    );
+}
+
+/// The probe of the overlapped tests: the real one, except the `at`-th measurement on the probe
+/// thread (0-based, the build's own measurement not counted), which panics or blocks.
+struct Misbehaving {
+    probe: stab_burn::Probe<Net, common::Batch>,
+    calls: AtomicUsize,
+    at: usize,
+    kind: Misbehaviour,
+}
+
+enum Misbehaviour {
+    Panic,
+    /// Blocks until released (or 30 s), then records that it finished.
+    Hang {
+        release: Mutex<Receiver<()>>,
+        finished: Arc<AtomicBool>,
+    },
+}
+
+impl Measure<Net> for Misbehaving {
+    fn measure(&self, model: &Net) -> Result<f64, ProbeError> {
+        // Call 0 is the build's measurement of the initial model.
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        if call == self.at + 1 {
+            match &self.kind {
+                Misbehaviour::Panic => panic!("test probe panic"),
+                Misbehaviour::Hang { release, finished } => {
+                    let _ = release
+                        .lock()
+                        .unwrap()
+                        .recv_timeout(Duration::from_secs(30));
+                    finished.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        self.probe.measure(model)
+    }
+}
+
+/// An overlapped guard whose probe misbehaves on step 1's proposal; runs steps 0 and 1 and
+/// returns the error of step 2 (which waits for step 1's probe).
+fn overlapped_until_the_probe_fails(
+    kind: Misbehaviour,
+    timeout: Option<Duration>,
+) -> (OverlappedGuard<Net>, GuardError) {
+    let device = common::training_device();
+    let mut model = initial_model(&device);
+    let probe = Misbehaving {
+        probe: probe(&device),
+        calls: AtomicUsize::new(0),
+        at: 1,
+        kind,
+    };
+    let guard = Guard::builder(config())
+        .probe(probe)
+        .build(&model, adamw())
+        .unwrap();
+    let mut guard = OverlappedGuard::new(guard)
+        .unwrap()
+        .with_probe_timeout(timeout);
+    assert_eq!(guard.probe_timeout(), timeout);
+    for step in 0..2 {
+        let (g, _) = grads(&model, &batch(step, 16, &device));
+        model = guard
+            .step(LR, model, g, |m| grads(m, &batch(step, 16, &device)).0)
+            .unwrap()
+            .model;
+    }
+    let (g, _) = grads(&model, &batch(2, 16, &device));
+    let error = guard
+        .step(LR, model, g, |m| grads(m, &batch(2, 16, &device)).0)
+        .unwrap_err();
+    (guard, error)
+}
+
+/// After a probe failure the guard refuses further steps and cannot be finished, with typed
+/// errors (no hang, no panic).
+fn refuses_to_go_on(mut guard: OverlappedGuard<Net>) {
+    assert!(guard.take_last_accepted().is_none(), "nothing was decided");
+    let device = common::training_device();
+    let model = initial_model(&device);
+    let (g, _) = grads(&model, &batch(3, 16, &device));
+    let again = guard
+        .step(LR, model.clone(), g, |m| grads(m, &batch(3, 16, &device)).0)
+        .unwrap_err();
+    assert!(matches!(again, GuardError::ProbeThread { .. }), "{again}");
+    let finished = guard.finish(model).unwrap_err();
+    assert!(
+        matches!(finished, GuardError::ProbeThread { .. }),
+        "{finished}"
+    );
+}
+
+#[test]
+fn an_overlapped_probe_that_panics_is_a_typed_error() {
+    let (guard, error) = overlapped_until_the_probe_fails(Misbehaviour::Panic, None);
+    match &error {
+        GuardError::ProbePanicked { step, message, .. } => {
+            assert_eq!(*step, 1);
+            assert_eq!(message, "test probe panic");
+        }
+        other => panic!("expected ProbePanicked, got {other}"),
+    }
+    refuses_to_go_on(guard);
+}
+
+#[test]
+fn an_overlapped_probe_that_hangs_times_out_and_the_drop_does_not_wait_for_it() {
+    let (release, hold): (Sender<()>, Receiver<()>) = channel();
+    let finished = Arc::new(AtomicBool::new(false));
+    let timeout = Duration::from_millis(200);
+    let (guard, error) = overlapped_until_the_probe_fails(
+        Misbehaviour::Hang {
+            release: Mutex::new(hold),
+            finished: Arc::clone(&finished),
+        },
+        Some(timeout),
+    );
+    match &error {
+        GuardError::ProbeTimeout {
+            step,
+            timeout: bound,
+            waited,
+        } => {
+            assert_eq!(*step, 1);
+            assert_eq!(*bound, timeout);
+            assert!(*waited >= timeout, "gave up after {waited:?}");
+        }
+        other => panic!("expected ProbeTimeout, got {other}"),
+    }
+    // `finish` (inside) and the drop return while the probe is still blocked.
+    refuses_to_go_on(guard);
+    assert!(
+        !finished.load(Ordering::SeqCst),
+        "the guard was dropped without waiting for the hung probe"
+    );
+    let _ = release.send(());
+}
