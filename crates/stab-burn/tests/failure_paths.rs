@@ -510,3 +510,88 @@ fn an_overlapped_probe_that_hangs_times_out_and_the_drop_does_not_wait_for_it() 
     );
     let _ = release.send(());
 }
+
+/// The same failures inside burn-train's `TrainStep::optimize` hook: the model `optimize` returns
+/// and the `Learner`'s optimizer are always one consistent state.
+#[cfg(feature = "train")]
+mod learner {
+    use super::*;
+    use burn_train::Interrupter;
+    use stab_burn::learner::LearnerGuard;
+
+    /// A handle on the scripted store (and the observer, if given), driven through `optimize`
+    /// to just before [`FAILING`] as a `Learner` would: its model, its optimizer.
+    fn handle_before_failing_step(
+        observer: Option<FailingObserver>,
+    ) -> (
+        LearnerGuard<Net>,
+        Interrupter,
+        Net,
+        ModuleOptimizer,
+        Arc<Mutex<Script>>,
+        Device,
+    ) {
+        let device = common::training_device();
+        let mut model = initial_model(&device);
+        let (store, script) = ScriptedStore::new();
+        let mut builder = Guard::builder(config()).probe(probe(&device)).store(store);
+        if let Some(observer) = observer {
+            builder = builder.observer(observer);
+        }
+        let handle = LearnerGuard::new();
+        let interrupter = Interrupter::new();
+        handle.stop_on_failure(interrupter.clone());
+        handle.install(builder);
+        let mut optim = adamw();
+        for t in 0..FAILING {
+            let (g, _) = grads(&model, &batch(t, 16, &device));
+            model = handle.optimize(model, &mut optim, spike().lr(t, LR).into(), g);
+        }
+        assert!(handle.take_error().is_none());
+        assert!(!interrupter.should_stop());
+        (handle, interrupter, model, optim, script, device)
+    }
+
+    #[test]
+    fn a_failing_observer_leaves_the_learner_the_committed_model_and_optimizer() {
+        let (handle, interrupter, model, mut optim, script, device) =
+            handle_before_failing_step(Some(FailingObserver { fail_at: FAILING }));
+        let (g, _) = grads(&model, &batch(FAILING, 16, &device));
+        let model = handle.optimize(model, &mut optim, LR.into(), g);
+        let error = handle.take_error().expect("the observer's error is kept");
+        assert!(matches!(error, GuardError::Observer(_)), "{error}");
+        assert!(interrupter.should_stop(), "the Learner is stopped");
+        assert_eq!(
+            script.lock().unwrap().saved.len() as u64,
+            FAILING + 2,
+            "the step committed"
+        );
+        // Before: the pre-step model with the committed optimizer. Now: the committed state.
+        assert_same_state(&last_saved(&script), &StateBytes::of(&model, &optim));
+    }
+
+    #[test]
+    fn a_failed_restore_leaves_the_learner_the_state_before_the_step() {
+        let (handle, interrupter, model, mut optim, script, device) =
+            handle_before_failing_step(None);
+        script.lock().unwrap().fail_restores = true;
+        let (g, _) = grads(&model, &batch(FAILING, 16, &device));
+        // The state as the Learner lends it: the batch's forward has run.
+        let before = StateBytes::of(&model, &optim);
+        let model = handle.optimize(model, &mut optim, spike().lr(FAILING, LR).into(), g);
+        let error = handle.take_error().expect("the store's error is kept");
+        assert!(
+            matches!(
+                error,
+                GuardError::Store {
+                    operation: "restore",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(interrupter.should_stop(), "the Learner is stopped");
+        // Not the rejected proposal's optimizer state beside the pre-step model: both as before.
+        assert_same_state(&before, &StateBytes::of(&model, &optim));
+    }
+}
