@@ -223,9 +223,10 @@ pub enum DeviceError {
 }
 
 /// Errors of the [`crate::Guard`]. An `Err` from [`crate::Guard::step`] consumes the model passed
-/// in; when the protocol had already decided the step, [`crate::Guard::take_last_accepted`] hands
-/// back the state that decision left (see there for each variant). Every error but
-/// [`GuardError::Observer`] ends the run.
+/// in; [`crate::Guard::take_last_accepted`] hands back the state to continue from whenever the
+/// guard holds one (see there for each variant): the state the step's decision left, or, for an
+/// error before the decision, the last accepted state. After [`GuardError::Observer`] and the
+/// errors before the decision the guard can go on from that state; the others end the run.
 #[derive(Debug, Error)]
 pub enum GuardError {
     /// The controller configuration is invalid, or the initial measurement is not finite.
@@ -252,7 +253,9 @@ pub enum GuardError {
         #[source]
         source: StoreError,
     },
-    /// The probe could not measure the proposal.
+    /// The probe could not measure the proposal. The step is given up (not decided, its index
+    /// skipped): [`crate::Guard::take_last_accepted`] hands back the last accepted state from
+    /// the store, and the guard can go on from it.
     #[error("probe failed at step {step}: {source}")]
     Probe {
         /// The guarded step (`0` for the initial measurement).
@@ -312,7 +315,8 @@ pub enum GuardError {
         message: String,
     },
     /// The overlapped guard's probe panicked while measuring a proposal. The proposal is not
-    /// decided and the run ends; the last accepted state stays in the store.
+    /// decided; the last accepted state is handed back (`OverlappedGuard::take_last_accepted`)
+    /// and the overlapped run ends.
     #[error("the probe of step {step} panicked after {waited:?}: {message}")]
     ProbePanicked {
         /// The guarded step whose proposal was being measured.
@@ -323,8 +327,9 @@ pub enum GuardError {
         message: String,
     },
     /// The overlapped guard's probe did not finish within its bound
-    /// (`OverlappedGuard::with_probe_timeout`). The proposal is not decided and the run ends;
-    /// the probe thread is left running, detached.
+    /// (`OverlappedGuard::with_probe_timeout`). The proposal is not decided; the last accepted
+    /// state is handed back (`OverlappedGuard::take_last_accepted`) and the overlapped run ends.
+    /// The probe thread is left running, detached.
     #[error(
         "the probe of step {step} did not finish within {timeout:?} (waited {waited:?} since the \
          proposal was handed to it); its thread is abandoned"

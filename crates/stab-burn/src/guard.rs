@@ -183,8 +183,9 @@ impl<M: Module + 'static> Guard<M> {
     /// [`StabError::RecoveryExhausted`] when the escalation ladder has run out. `model` has been
     /// consumed. Once the protocol has decided the step, an error hands back the state the
     /// decision left, whenever the guard holds it, through [`Guard::take_last_accepted`] (with
-    /// [`Guard::optimizer`] holding the matching optimizer state): see there for each error.
-    /// Every error but an observer's ends the run.
+    /// [`Guard::optimizer`] holding the matching optimizer state); an error before the decision
+    /// hands back the last accepted state from the store. See there for each error. Every error
+    /// but an observer's or one before the decision ends the run.
     pub fn step_with(
         &mut self,
         lr: impl Into<ModuleLearningRate>,
@@ -195,7 +196,10 @@ impl<M: Module + 'static> Guard<M> {
         let mut proposed = self.propose(lr, model, grads, inputs)?;
         let measurement = if proposed.needs_probe() {
             let clock = Instant::now();
-            let y = self.probe_proposal(proposed.step, &proposed.model)?;
+            let y = match self.probe_proposal(proposed.step, &proposed.model) {
+                Ok(y) => y,
+                Err(error) => return Err(self.abandon(proposed.model, error)),
+            };
             proposed.timings.measure += clock.elapsed();
             Some(y)
         } else {
@@ -219,7 +223,10 @@ impl<M: Module + 'static> Guard<M> {
         let step = self.protocol.next_step();
         let mut timings = StepTimings::default();
         let clock = Instant::now();
-        let gradient_norm = self.gate_input(step, &model, &grads)?;
+        let gradient_norm = match self.gate_input(step, &model, &grads) {
+            Ok(norm) => norm,
+            Err(error) => return Err(self.abandon(model, error)),
+        };
         timings.measure = clock.elapsed();
 
         let mut update = None;
@@ -228,7 +235,10 @@ impl<M: Module + 'static> Guard<M> {
             StepPlan::Propose { measure } => {
                 let clock = Instant::now();
                 let before = if measure {
-                    self.measure_before(step, &model, &grads, gradient_norm, inputs)?
+                    match self.measure_before(step, &model, &grads, gradient_norm, inputs) {
+                        Ok(before) => before,
+                        Err(error) => return Err(self.abandon(model, error)),
+                    }
                 } else {
                     None
                 };
@@ -248,10 +258,13 @@ impl<M: Module + 'static> Guard<M> {
                 timings.optimizer = clock.elapsed();
                 let clock = Instant::now();
                 update = match previous {
-                    Some(previous) => Some(
-                        update_norm(&previous, &proposal)
-                            .map_err(|source| GuardError::Signal { step, source })?,
-                    ),
+                    Some(previous) => match update_norm(&previous, &proposal) {
+                        Ok(norm) => Some(norm),
+                        Err(source) => {
+                            let error = GuardError::Signal { step, source };
+                            return Err(self.abandon(proposal, error));
+                        }
+                    },
                     None => None,
                 };
                 timings.measure += clock.elapsed();
@@ -374,6 +387,33 @@ impl<M: Module + 'static> Guard<M> {
         })
     }
 
+    /// Gives up a step that failed before its decision (a measurement, signal or probe error):
+    /// brings the last accepted state back from the store in place of `model` (the proposal, or
+    /// the current state when the optimizer has not stepped yet) and keeps it for
+    /// [`Guard::take_last_accepted`], the optimizer holding its state; the protocol skips the
+    /// step, so the guard can go on from that state. With `verify_restores`, only a state whose
+    /// fingerprint matches the one recorded when it was saved is handed back. When the store
+    /// cannot restore it nothing changes (the optimizer keeps what the failed step left).
+    /// Returns `error`.
+    pub(crate) fn abandon(&mut self, model: M, error: GuardError) -> GuardError {
+        let Ok((restored, optim)) = self.store.restore(model, self.optim.clone()) else {
+            return error;
+        };
+        if self.config.verify_restores {
+            let expected = self.protocol.current_fingerprint();
+            let actual = state_fingerprint(&restored, &optim).ok();
+            if expected.is_none() || expected != actual {
+                return error;
+            }
+        }
+        self.optim = optim;
+        // Fails only when no step was open (a gate error comes before `begin_step`): then there
+        // is nothing to give up.
+        let _ = self.protocol.abandon_step();
+        self.last_accepted = Some(restored);
+        error
+    }
+
     /// Keeps `model` for [`Guard::take_last_accepted`]: the state a driver's failure after a
     /// decided step leaves (the overlapped guard's).
     pub(crate) fn hand_back(&mut self, model: M) {
@@ -447,8 +487,9 @@ impl<M: Module + 'static> Guard<M> {
         self.optim
     }
 
-    /// The model to continue from after a step that failed once the protocol had decided it:
-    /// the state that decision left, bit for bit (parameters and running statistics), with
+    /// The model to continue from after a step that failed: the state the step's decision left
+    /// (or, before the decision, the last accepted state), bit for bit (parameters and running
+    /// statistics), with
     /// [`Guard::optimizer`] (or the lent optimizer of [`Guard::step_lent_with`]) holding its
     /// optimizer state. Taken: a second call returns `None`, and the next step clears it.
     ///
@@ -464,10 +505,10 @@ impl<M: Module + 'static> Guard<M> {
     /// | [`GuardError::Fingerprint`] | the state restored, rewound or committed, *unverified*: the check could not run |
     /// | [`GuardError::Store`] `restore` or `rewind` | `None`: the store could not bring the last accepted state back, and the rejected proposal is not handed back as if accepted. The optimizer holds the rejected proposal's state |
     /// | [`GuardError::Safety`] (`InexactRestore`, with [`GuardConfig::verify_restores`]) | `None`: what the store restored is not the saved state. The optimizer holds the state the store restored |
-    /// | an error before the decision (probe, signal, missing input) | `None`; the last accepted state stays in the store. The optimizer holds the proposal's state if the optimizer already stepped |
+    /// | an error before the decision ([`GuardError::Probe`], [`GuardError::Signal`], [`GuardError::MissingInput`], [`GuardError::MissingProbe`]) | the last accepted state, brought back from the store (and, with [`GuardConfig::verify_restores`], checked against its fingerprint). The step is given up, its index skipped, and the guard can go on from that state. `None` if the store cannot bring it back or it fails the check; the optimizer then holds what the failed step left |
     ///
-    /// Except after an observer's error, the run cannot go on (the protocol did not complete the
-    /// step): start a new guard from the state handed back.
+    /// After the other errors the run cannot go on (the protocol did not complete the step):
+    /// start a new guard from the state handed back.
     pub fn take_last_accepted(&mut self) -> Option<M> {
         self.last_accepted.take()
     }

@@ -61,9 +61,10 @@ use crate::running_state::RunningStateSnapshot;
 /// # A probe that panics or hangs
 /// A probe that panics fails the step that waits for it with [`GuardError::ProbePanicked`]; one
 /// that takes longer than [`OverlappedGuard::probe_timeout`] fails it with
-/// [`GuardError::ProbeTimeout`]. Either ends the run (the proposal is not decided; the last
-/// accepted state stays in the store). A hung probe thread is left behind, never joined: dropping
-/// the guard does not wait for it.
+/// [`GuardError::ProbeTimeout`]. The proposal is not decided: the guard brings the last accepted
+/// state back from the store ([`OverlappedGuard::take_last_accepted`]). Either ends the
+/// overlapped run, whose probe is lost; continue with a new guard from that state. A hung probe
+/// thread is left behind, never joined: dropping the guard does not wait for it.
 pub struct OverlappedGuard<M: Module + 'static> {
     guard: Guard<M>,
     worker: ProbeWorker<M>,
@@ -167,7 +168,7 @@ impl<M: Module + 'static> OverlappedGuard<M> {
     /// As [`Guard::step`] (see [`OverlappedGuard::take_last_accepted`] for the state a failure
     /// hands back); [`GuardError::ProbePanicked`] or [`GuardError::ProbeTimeout`] when the
     /// previous proposal's probe panicked or overran [`OverlappedGuard::probe_timeout`];
-    /// [`GuardError::ProbeThread`] after such a failure. An error ends the run.
+    /// [`GuardError::ProbeThread`] after such a failure. An error ends the overlapped run.
     pub fn step(
         &mut self,
         lr: impl Into<ModuleLearningRate>,
@@ -289,12 +290,11 @@ impl<M: Module + 'static> OverlappedGuard<M> {
         })
     }
 
-    /// The model to continue from after a step that failed once the protocol had decided the
-    /// proposal: as [`Guard::take_last_accepted`] (the optimizer in [`OverlappedGuard::guard`]
-    /// holds its state). Its running statistics are those the decision left, without the update
-    /// of the forward the caller ran on the proposal meanwhile. `None` after a probe that failed,
-    /// panicked or hung (the proposal was not decided; the last accepted state stays in the
-    /// store).
+    /// The model to continue from after a failed step, as [`Guard::take_last_accepted`] (the
+    /// optimizer in [`OverlappedGuard::guard`] holds its state): the state the decision left,
+    /// its running statistics without the update of the forward the caller ran on the proposal
+    /// meanwhile; after a probe that failed, panicked or hung, the last accepted state, brought
+    /// back from the store.
     pub fn take_last_accepted(&mut self) -> Option<M> {
         self.guard.take_last_accepted()
     }
@@ -312,9 +312,23 @@ impl<M: Module + 'static> OverlappedGuard<M> {
             running,
         } = in_flight;
         let step = proposed.step;
-        let (measurement, waited) = self.worker.receive(step, self.probe_timeout)?;
-        proposed.timings.measure += waited;
-        let y = measurement.map_err(|source| GuardError::Probe { step, source })?;
+        // A probe that fails, panics or hangs leaves the proposal undecided: the guard gives the
+        // step up and brings the last accepted state back from the store.
+        let y = match self.worker.receive(step, self.probe_timeout) {
+            Ok((Ok(y), waited)) => {
+                proposed.timings.measure += waited;
+                y
+            }
+            Ok((Err(source), _)) => {
+                drop(trained);
+                let error = GuardError::Probe { step, source };
+                return Err(self.guard.abandon(proposed.model, error));
+            }
+            Err(error) => {
+                drop(trained);
+                return Err(self.guard.abandon(proposed.model, error));
+            }
+        };
         // The next forward's statistics, merged; then the proposal's own, for the decision's save.
         let forwarded = RunningStateSnapshot::capture(&trained);
         drop(trained);

@@ -383,6 +383,8 @@ struct Misbehaving {
 }
 
 enum Misbehaviour {
+    /// Returns a [`ProbeError`].
+    Fail,
     Panic,
     /// Blocks until released (or 30 s), then records that it finished.
     Hang {
@@ -397,6 +399,11 @@ impl Measure<Net> for Misbehaving {
         let call = self.calls.fetch_add(1, Ordering::SeqCst);
         if call == self.at + 1 {
             match &self.kind {
+                Misbehaviour::Fail => {
+                    return Err(ProbeError::TensorRead {
+                        message: "device lost (test)".into(),
+                    });
+                }
                 Misbehaviour::Panic => panic!("test probe panic"),
                 Misbehaviour::Hang { release, finished } => {
                     let _ = release
@@ -411,12 +418,12 @@ impl Measure<Net> for Misbehaving {
     }
 }
 
-/// An overlapped guard whose probe misbehaves on step 1's proposal; runs steps 0 and 1 and
-/// returns the error of step 2 (which waits for step 1's probe).
+/// An overlapped guard (on the scripted store) whose probe misbehaves on step 1's proposal;
+/// runs steps 0 and 1 and returns the error of step 2 (which waits for step 1's probe).
 fn overlapped_until_the_probe_fails(
     kind: Misbehaviour,
     timeout: Option<Duration>,
-) -> (OverlappedGuard<Net>, GuardError) {
+) -> (OverlappedGuard<Net>, GuardError, Arc<Mutex<Script>>) {
     let device = common::training_device();
     let mut model = initial_model(&device);
     let probe = Misbehaving {
@@ -425,8 +432,10 @@ fn overlapped_until_the_probe_fails(
         at: 1,
         kind,
     };
+    let (store, script) = ScriptedStore::new();
     let guard = Guard::builder(config())
         .probe(probe)
+        .store(store)
         .build(&model, adamw())
         .unwrap();
     let mut guard = OverlappedGuard::new(guard)
@@ -440,25 +449,38 @@ fn overlapped_until_the_probe_fails(
             .unwrap()
             .model;
     }
+    assert_eq!(
+        script.lock().unwrap().saved.len(),
+        2,
+        "the initial state and step 0's commit"
+    );
     let (g, _) = grads(&model, &batch(2, 16, &device));
     let error = guard
         .step(LR, model, g, |m| grads(m, &batch(2, 16, &device)).0)
         .unwrap_err();
-    (guard, error)
+    (guard, error, script)
 }
 
-/// After a probe failure the guard refuses further steps and cannot be finished, with typed
-/// errors (no hang, no panic).
-fn refuses_to_go_on(mut guard: OverlappedGuard<Net>) {
-    assert!(guard.take_last_accepted().is_none(), "nothing was decided");
+/// After a probe that panicked or hung: the last accepted state (step 0's commit) is handed
+/// back, bit for bit; the guard refuses further steps and cannot be finished, with typed errors
+/// (no hang, no panic).
+fn hands_back_and_refuses_to_go_on(mut guard: OverlappedGuard<Net>, script: &Arc<Mutex<Script>>) {
+    let handed = guard
+        .take_last_accepted()
+        .expect("the last accepted state is handed back");
+    assert_same_state(
+        &last_saved(script),
+        &StateBytes::of(&handed, guard.guard().optimizer()),
+    );
     let device = common::training_device();
-    let model = initial_model(&device);
-    let (g, _) = grads(&model, &batch(3, 16, &device));
+    let (g, _) = grads(&handed, &batch(3, 16, &device));
     let again = guard
-        .step(LR, model.clone(), g, |m| grads(m, &batch(3, 16, &device)).0)
+        .step(LR, handed.clone(), g, |m| {
+            grads(m, &batch(3, 16, &device)).0
+        })
         .unwrap_err();
     assert!(matches!(again, GuardError::ProbeThread { .. }), "{again}");
-    let finished = guard.finish(model).unwrap_err();
+    let finished = guard.finish(handed).unwrap_err();
     assert!(
         matches!(finished, GuardError::ProbeThread { .. }),
         "{finished}"
@@ -466,8 +488,58 @@ fn refuses_to_go_on(mut guard: OverlappedGuard<Net>) {
 }
 
 #[test]
+fn a_failed_probe_hands_back_the_last_accepted_state_and_the_guard_goes_on() {
+    let device = common::training_device();
+    let mut model = initial_model(&device);
+    let probe = Misbehaving {
+        probe: probe(&device),
+        calls: AtomicUsize::new(0),
+        at: FAILING as usize,
+        kind: Misbehaviour::Fail,
+    };
+    let (store, script) = ScriptedStore::new();
+    let mut guard = Guard::builder(config())
+        .probe(probe)
+        .store(store)
+        .build(&model, adamw())
+        .unwrap();
+    for t in 0..FAILING {
+        let (g, _) = grads(&model, &batch(t, 16, &device));
+        model = guard.step(LR, model, g).unwrap().model;
+    }
+    let last_accepted = last_saved(&script);
+    let (g, _) = grads(&model, &batch(FAILING, 16, &device));
+    let error = guard.step(LR, model, g).unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            GuardError::Probe {
+                step: FAILING,
+                source: ProbeError::TensorRead { .. }
+            }
+        ),
+        "{error}"
+    );
+    // The proposal was never decided: the last accepted state comes back from the store (the
+    // batch's forward had moved the running statistics), with its optimizer state.
+    let handed = guard
+        .take_last_accepted()
+        .expect("the last accepted state is handed back");
+    assert_same_state(&last_accepted, &StateBytes::of(&handed, guard.optimizer()));
+    assert_eq!(guard.next_step(), FAILING + 1, "the step is given up");
+    let (g, _) = grads(&handed, &batch(FAILING + 1, 16, &device));
+    let next = guard.step(LR, handed, g).unwrap();
+    assert_eq!(next.report.step, FAILING + 1);
+    assert_eq!(
+        script.lock().unwrap().saved.len() as u64,
+        FAILING + 2,
+        "the guard goes on and commits"
+    );
+}
+
+#[test]
 fn an_overlapped_probe_that_panics_is_a_typed_error() {
-    let (guard, error) = overlapped_until_the_probe_fails(Misbehaviour::Panic, None);
+    let (guard, error, script) = overlapped_until_the_probe_fails(Misbehaviour::Panic, None);
     match &error {
         GuardError::ProbePanicked { step, message, .. } => {
             assert_eq!(*step, 1);
@@ -475,7 +547,7 @@ fn an_overlapped_probe_that_panics_is_a_typed_error() {
         }
         other => panic!("expected ProbePanicked, got {other}"),
     }
-    refuses_to_go_on(guard);
+    hands_back_and_refuses_to_go_on(guard, &script);
 }
 
 #[test]
@@ -483,7 +555,7 @@ fn an_overlapped_probe_that_hangs_times_out_and_the_drop_does_not_wait_for_it() 
     let (release, hold): (Sender<()>, Receiver<()>) = channel();
     let finished = Arc::new(AtomicBool::new(false));
     let timeout = Duration::from_millis(200);
-    let (guard, error) = overlapped_until_the_probe_fails(
+    let (guard, error, script) = overlapped_until_the_probe_fails(
         Misbehaviour::Hang {
             release: Mutex::new(hold),
             finished: Arc::clone(&finished),
@@ -503,7 +575,7 @@ fn an_overlapped_probe_that_hangs_times_out_and_the_drop_does_not_wait_for_it() 
         other => panic!("expected ProbeTimeout, got {other}"),
     }
     // `finish` (inside) and the drop return while the probe is still blocked.
-    refuses_to_go_on(guard);
+    hands_back_and_refuses_to_go_on(guard, &script);
     assert!(
         !finished.load(Ordering::SeqCst),
         "the guard was dropped without waiting for the hung probe"

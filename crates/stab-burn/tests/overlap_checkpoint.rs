@@ -228,6 +228,9 @@ fn settling_with_nothing_in_flight_changes_nothing() {
     let before = StateBytes::of(&model, guard.guard().optimizer());
     let out = guard.settle_in_flight(model).unwrap();
     assert!(out.decided.is_empty());
-    assert_same_state(&before, &StateBytes::of(&out.model, guard.guard().optimizer()));
+    assert_same_state(
+        &before,
+        &StateBytes::of(&out.model, guard.guard().optimizer()),
+    );
     assert_eq!(guard.guard().next_step(), 0);
 }
