@@ -150,10 +150,16 @@ impl<M: Module + 'static> LearnerGuard<M> {
     /// Whatever the failure, the returned model and `optim` are one consistent state. When the
     /// guard hands a state back ([`Guard::take_last_accepted`]: an exhausted ladder, an
     /// observer that failed after the step completed, a store that failed to save a committed
-    /// proposal, …) it is that state, bit for bit, optimizer included. Otherwise (a failure
-    /// before the decision, or a store that could not restore the last accepted state) it is
-    /// the state before the step: the model given and the optimizer as it was lent, the step
-    /// not applied (the running statistics as this batch's forward left them).
+    /// proposal, a probe that failed before the decision, …) it is that state, bit for bit,
+    /// optimizer included. Otherwise (the store could not bring the last accepted state back,
+    /// or what it brought back failed its fingerprint check) it is the state before the step:
+    /// the model given and the optimizer as it was lent, the step not applied (the running
+    /// statistics as this batch's forward left them). For that, the handle keeps a
+    /// copy-on-write clone of the lent optimizer during each step: it shares the state tensors,
+    /// so the optimizer step writes new ones beside them rather than in place. With the device
+    /// store this costs nothing more (its snapshot shares them already); with the host store,
+    /// whose snapshot holds no device tensors, it can cost up to one optimizer state of device
+    /// memory while the step runs.
     ///
     /// # Panics
     /// When guarding fails and no interrupter was given: `optimize` cannot return an error,
