@@ -29,7 +29,10 @@ use stab_burn::{
     DeviceStore, Fault, FaultKind, FaultSchedule, Guard, GuardConfig, GuardError, Measure,
     OverlappedGuard, ProbeError, SlotExport, StateStore, StoreError, StoreMemory,
 };
-use stab_core::{ObserverError, SafetyViolation, SlotId, StepObserver, StepRecord};
+use stab_core::{
+    ControllerConfig, LadderConfig, ObserverError, RingConfig, Rung, SafetyViolation, SlotId,
+    StepObserver, StepRecord,
+};
 
 const LR: f64 = 1e-2;
 /// The step every test makes fail.
@@ -44,6 +47,11 @@ struct Script {
     fail_restores: bool,
     /// Hand back a restored state with one parameter changed.
     corrupt_restores: bool,
+    /// Fail a save of a state whose optimizer holds no state (after an optimizer reset; set it
+    /// after the build, whose initial state has none either).
+    fail_reset_saves: bool,
+    /// Fail every release of a ring slot.
+    fail_releases: bool,
     /// Every state handed to `save`, in order (the first is the initial state).
     saved: Vec<StateBytes>,
 }
@@ -112,8 +120,10 @@ impl StateStore<Net> for ScriptedStore {
 
     fn save(&mut self, model: &Net, optim: &ModuleOptimizer) -> Result<(), StoreError> {
         let mut script = self.script();
-        script.saved.push(StateBytes::of(model, optim));
-        if std::mem::take(&mut script.fail_next_save) {
+        let state = StateBytes::of(model, optim);
+        let reset = state.optim_tensors.is_empty();
+        script.saved.push(state);
+        if std::mem::take(&mut script.fail_next_save) || (script.fail_reset_saves && reset) {
             return Err(StoreError::WorkerUnavailable {
                 message: "no space left on device (test)".into(),
             });
@@ -148,6 +158,11 @@ impl StateStore<Net> for ScriptedStore {
     }
 
     fn release(&mut self, slot: SlotId) -> Result<(), StoreError> {
+        if self.script().fail_releases {
+            return Err(StoreError::WorkerUnavailable {
+                message: "cannot free the slot (test)".into(),
+            });
+        }
         self.inner.release(slot)
     }
 
@@ -370,6 +385,104 @@ fn an_inexact_restore_is_a_safety_violation_and_hands_back_nothing() {
     assert!(
         guard.take_last_accepted().is_none(),
         "a state that fails its fingerprint check is not handed back"
+    );
+}
+
+/// A configuration whose ladder rewinds and resets the optimizer: a snapshot ring of ages 2 and
+/// 4, two rejections per rung, rungs rewind then optimizer reset (as `tests/checkpoint.rs`).
+fn ladder_config() -> GuardConfig {
+    config().with_controller(
+        ControllerConfig::default()
+            .with_ring(RingConfig { ages: vec![2, 4] })
+            .with_ladder(LadderConfig {
+                enabled: true,
+                rejections_per_rung: 2,
+                rejection_window: 3,
+                rungs: vec![Rung::Rewind, Rung::ResetOptimizer, Rung::Rewind],
+                cooldown: 4,
+            })
+            .with_gradient_gate(false),
+    )
+}
+
+/// Runs [`ladder_config`] on the scripted store with NaN gradients from step 14 on, `script`
+/// set after the build, until a step fails; returns its error.
+fn ladder_run_until_failure(
+    script: impl FnOnce(&mut Script),
+) -> (GuardError, Guard<Net>, Arc<Mutex<Script>>) {
+    let device = common::training_device();
+    let mut model = initial_model(&device);
+    let (store, shared) = ScriptedStore::new();
+    let mut guard = Guard::builder(ladder_config())
+        .probe(probe(&device))
+        .store(store)
+        .build(&model, adamw())
+        .unwrap();
+    script(&mut shared.lock().unwrap());
+    let faults = FaultSchedule::new(0).with(Fault::new(FaultKind::GradientNan, 14, 10));
+    for t in 0..30 {
+        let (g, _) = grads(&model, &batch(t, 16, &device));
+        let g = faults.grads(t, g, &model);
+        match guard.step(LR, model, g) {
+            Ok(step) => model = step.model,
+            Err(error) => return (error, guard, shared),
+        }
+    }
+    panic!("no step failed: the ladder never reached the failing operation");
+}
+
+#[test]
+fn a_failed_save_after_an_optimizer_reset_hands_back_the_reset_state() {
+    let (error, mut guard, script) = ladder_run_until_failure(|s| s.fail_reset_saves = true);
+    assert!(
+        matches!(
+            &error,
+            GuardError::Store {
+                operation: "save",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(guard.counters().optimizer_resets, 1);
+    let handed = guard
+        .take_last_accepted()
+        .expect("the reset state is handed back");
+    let reset = last_saved(&script);
+    assert!(
+        reset.optim_tensors.is_empty(),
+        "the optimizer state was cleared"
+    );
+    // The restored parameters and statistics with the cleared optimizer: the state the reset
+    // left, as handed to the store.
+    assert_same_state(&reset, &StateBytes::of(&handed, guard.optimizer()));
+}
+
+#[test]
+fn a_failed_release_after_a_rewind_hands_back_the_rewound_state() {
+    let (error, mut guard, script) = ladder_run_until_failure(|s| s.fail_releases = true);
+    assert!(
+        matches!(
+            &error,
+            GuardError::Store {
+                operation: "release",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(guard.counters().rewinds, 1);
+    let handed = guard
+        .take_last_accepted()
+        .expect("the rewound state is handed back");
+    let handed = StateBytes::of(&handed, guard.optimizer());
+    // An older accepted state, as it was saved: not the last one.
+    let script = script.lock().unwrap();
+    let position = script.saved.iter().position(|saved| *saved == handed);
+    assert!(
+        position.is_some_and(|p| p + 1 < script.saved.len()),
+        "the rewound state is an older saved state (found at {position:?} of {})",
+        script.saved.len()
     );
 }
 
