@@ -87,6 +87,11 @@
 //! [`Guard::take_last_accepted`]). Every action is a [`StepAction`] in the step report and the
 //! record.
 //!
+//! A step that fails (a probe, signal, store or observer error, a safety violation) loses no
+//! state the guard holds: [`Guard::take_last_accepted`] hands back the state to continue from,
+//! bit for bit and with the optimizer holding its state, and says for each error which state
+//! that is and when there is none (a store that cannot bring the last accepted state back).
+//!
 //! ## Choices and their costs
 //!
 //! - **Store.** [`StoreKind::Device`] saves in microseconds but, while a step is in flight, the
