@@ -1,15 +1,20 @@
-//! Nothing is lost on a failure path: every error raised after the step protocol has decided a
-//! step hands back the state that decision left, bit for bit (parameters, BatchNorm running
-//! statistics and optimizer state), with the optimizer holding the matching state; where the
-//! store cannot bring the last accepted state back, nothing is handed back as if it were. A
-//! failing observer and a failing store are small implementations of the public traits. With the
-//! `train` feature, the same failures through burn-train's `optimize` hook leave the model and
-//! the `Learner`'s optimizer consistent.
+//! Nothing is lost on a failure path. Every error raised after the step protocol has decided a
+//! step hands back, through `Guard::take_last_accepted`, the state that decision left, bit for
+//! bit (parameters, BatchNorm running statistics and optimizer state), with the optimizer holding
+//! the matching state: a failing observer (after a commit and after a rejection), a failed save
+//! or ring copy of a commit, a failed save after an optimizer reset, a failed release after a
+//! rewind. An error before the decision (a probe that fails) hands back the last accepted state
+//! from the store, and the guard goes on. Where the store cannot bring the last accepted state
+//! back (a failed restore) or brings back another one (an inexact restore, caught by
+//! `verify_restores`), nothing is handed back as if it were. A failing observer and a failing
+//! store are small implementations of the public traits. With the `train` feature, the same
+//! failures through burn-train's `optimize` hook leave the model and the `Learner`'s optimizer
+//! one consistent state.
 //!
-//! The overlapped guard's probe failures (a probe that panics or hangs) end in typed errors, and
-//! dropping the guard does not wait for a hung probe.
+//! The overlapped guard's probe failures (a probe that panics or hangs) end in typed errors and
+//! hand back the last accepted state; dropping the guard does not wait for a hung probe.
 //!
-//! Not reachable through the public API on Flex: [`GuardError::Fingerprint`] (a device read of a
+//! Not reachable through the public API on Flex: `GuardError::Fingerprint` (a device read of a
 //! state that fails), documented on `Guard::take_last_accepted`.
 
 mod common;
@@ -52,6 +57,8 @@ struct Script {
     fail_reset_saves: bool,
     /// Fail every release of a ring slot.
     fail_releases: bool,
+    /// Fail every copy between ring slots.
+    fail_copies: bool,
     /// Every state handed to `save`, in order (the first is the initial state).
     saved: Vec<StateBytes>,
 }
@@ -143,6 +150,11 @@ impl StateStore<Net> for ScriptedStore {
     }
 
     fn copy(&mut self, from: SlotId, to: SlotId) -> Result<(), StoreError> {
+        if self.script().fail_copies {
+            return Err(StoreError::WorkerUnavailable {
+                message: "cannot copy the slot (test)".into(),
+            });
+        }
         self.inner.copy(from, to)
     }
 
@@ -456,6 +468,29 @@ fn a_failed_save_after_an_optimizer_reset_hands_back_the_reset_state() {
     // The restored parameters and statistics with the cleared optimizer: the state the reset
     // left, as handed to the store.
     assert_same_state(&reset, &StateBytes::of(&handed, guard.optimizer()));
+}
+
+#[test]
+fn a_failed_ring_copy_after_a_commit_hands_back_the_committed_state() {
+    let (error, mut guard, script) = ladder_run_until_failure(|s| s.fail_copies = true);
+    assert!(
+        matches!(
+            &error,
+            GuardError::Store {
+                operation: "copy",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    let handed = guard
+        .take_last_accepted()
+        .expect("the committed state is handed back");
+    // The commit's save went through; the ring's copy of it did not.
+    assert_same_state(
+        &last_saved(&script),
+        &StateBytes::of(&handed, guard.optimizer()),
+    );
 }
 
 #[test]
