@@ -154,6 +154,13 @@ impl<M: Module + 'static> OverlappedGuard<M> {
         self
     }
 
+    /// Changes the bound of [`OverlappedGuard::with_probe_timeout`] during a run (e.g. a looser
+    /// one for the first steps, whose probe may include a GPU backend's kernel compilation and
+    /// autotuning). Applies from the next wait, to the proposal in flight too.
+    pub fn set_probe_timeout(&mut self, timeout: Option<Duration>) {
+        self.probe_timeout = timeout;
+    }
+
     /// The bound on a probe measurement ([`OverlappedGuard::with_probe_timeout`]).
     pub fn probe_timeout(&self) -> Option<Duration> {
         self.probe_timeout
