@@ -31,8 +31,9 @@ use burn::tensor::Device;
 
 use common::{Net, StateBytes, adamw, assert_same_state, batch, grads, probe};
 use stab_burn::{
-    DeviceStore, Fault, FaultKind, FaultSchedule, Guard, GuardConfig, GuardError, Measure,
-    OverlappedGuard, ProbeError, SlotExport, StateStore, StoreError, StoreMemory,
+    DEFAULT_PROBE_TIMEOUT, DeviceStore, Fault, FaultKind, FaultSchedule, Guard, GuardConfig,
+    GuardError, Measure, OverlappedGuard, ProbeError, SlotExport, StateStore, StoreError,
+    StoreMemory,
 };
 use stab_core::{
     ControllerConfig, LadderConfig, ObserverError, RingConfig, Rung, SafetyViolation, SlotId,
@@ -586,10 +587,10 @@ fn overlapped_until_the_probe_fails(
         .store(store)
         .build(&model, adamw())
         .unwrap();
+    let guard = OverlappedGuard::new(guard).unwrap();
+    assert_eq!(guard.probe_timeout(), Some(DEFAULT_PROBE_TIMEOUT));
     // No bound for the steps that must succeed, however slow the machine running the tests.
-    let mut guard = OverlappedGuard::new(guard)
-        .unwrap()
-        .with_probe_timeout(None);
+    let mut guard = guard.with_probe_timeout(None);
     assert_eq!(guard.probe_timeout(), None);
     for step in 0..2 {
         let (g, _) = grads(&model, &batch(step, 16, &device));
