@@ -393,9 +393,15 @@ impl<M: Module + 'static> Guard<M> {
     /// [`Guard::take_last_accepted`], the optimizer holding its state; the protocol skips the
     /// step, so the guard can go on from that state. With `verify_restores`, only a state whose
     /// fingerprint matches the one recorded when it was saved is handed back. When the store
-    /// cannot restore it nothing changes (the optimizer keeps what the failed step left).
-    /// Returns `error`.
+    /// cannot restore it nothing changes (the optimizer keeps what the failed step left). In
+    /// observe mode, which never goes back (and saves nothing), `model` itself is handed back,
+    /// with the optimizer as the failed step left it. Returns `error`.
     pub(crate) fn abandon(&mut self, model: M, error: GuardError) -> GuardError {
+        if self.config.mode == GuardMode::Observe {
+            let _ = self.protocol.abandon_step();
+            self.last_accepted = Some(model);
+            return error;
+        }
         let Ok((restored, optim)) = self.store.restore(model, self.optim.clone()) else {
             return error;
         };
@@ -505,7 +511,7 @@ impl<M: Module + 'static> Guard<M> {
     /// | [`GuardError::Fingerprint`] | the state restored, rewound or committed, *unverified*: the check could not run |
     /// | [`GuardError::Store`] `restore` or `rewind` | `None`: the store could not bring the last accepted state back, and the rejected proposal is not handed back as if accepted. The optimizer holds the rejected proposal's state |
     /// | [`GuardError::Safety`] (`InexactRestore`, with [`GuardConfig::verify_restores`]) | `None`: what the store restored is not the saved state. The optimizer holds the state the store restored |
-    /// | an error before the decision ([`GuardError::Probe`], [`GuardError::Signal`], [`GuardError::MissingInput`], [`GuardError::MissingProbe`]) | the last accepted state, brought back from the store (and, with [`GuardConfig::verify_restores`], checked against its fingerprint). The step is given up, its index skipped, and the guard can go on from that state. `None` if the store cannot bring it back or it fails the check; the optimizer then holds what the failed step left |
+    /// | an error before the decision ([`GuardError::Probe`], [`GuardError::Signal`], [`GuardError::MissingInput`], [`GuardError::MissingProbe`]) | the last accepted state, brought back from the store (and, with [`GuardConfig::verify_restores`], checked against its fingerprint). The step is given up, its index skipped, and the guard can go on from that state. `None` if the store cannot bring it back or it fails the check; the optimizer then holds what the failed step left. In [`GuardMode::Observe`], which never goes back, the model as the failed step left it (the proposal, if the optimizer stepped) |
     ///
     /// After the other errors the run cannot go on (the protocol did not complete the step):
     /// start a new guard from the state handed back.

@@ -32,8 +32,8 @@ use burn::tensor::Device;
 use common::{Net, StateBytes, adamw, assert_same_state, batch, grads, probe};
 use stab_burn::{
     DEFAULT_PROBE_TIMEOUT, DeviceStore, Fault, FaultKind, FaultSchedule, Guard, GuardConfig,
-    GuardError, Measure, OverlappedGuard, ProbeError, SlotExport, StateStore, StoreError,
-    StoreMemory,
+    GuardError, GuardMode, Measure, OverlappedGuard, ProbeError, SlotExport, StateStore,
+    StoreError, StoreMemory,
 };
 use stab_core::{
     ControllerConfig, LadderConfig, ObserverError, RingConfig, Rung, SafetyViolation, SlotId,
@@ -399,6 +399,60 @@ fn an_inexact_restore_is_a_safety_violation_and_hands_back_nothing() {
         guard.take_last_accepted().is_none(),
         "a state that fails its fingerprint check is not handed back"
     );
+}
+
+/// Runs `FAILING + 1` steps of an observe-mode guard with `probe`; returns the last step's
+/// outcome: its model, or its error and the model handed back, with the guard's optimizer.
+fn observed_run(probe: impl Measure<Net> + 'static) -> (Result<Net, GuardError>, StateBytes) {
+    let device = common::training_device();
+    let mut model = initial_model(&device);
+    let mut guard = Guard::builder(config().with_mode(GuardMode::Observe))
+        .probe(probe)
+        .build(&model, adamw())
+        .unwrap();
+    for t in 0..=FAILING {
+        let (g, _) = grads(&model, &batch(t, 16, &device));
+        match guard.step(LR, model, g) {
+            Ok(step) => model = step.model,
+            Err(error) => {
+                let handed = guard
+                    .take_last_accepted()
+                    .expect("observe mode hands the proposal back");
+                let state = StateBytes::of(&handed, guard.optimizer()).by_path();
+                assert_eq!(guard.next_step(), t + 1, "the step is given up");
+                return (Err(error), state);
+            }
+        }
+    }
+    let state = StateBytes::of(&model, guard.optimizer()).by_path();
+    (Ok(model), state)
+}
+
+#[test]
+fn a_failed_probe_in_observe_mode_hands_back_the_proposal() {
+    let device = common::training_device();
+    let failing = Misbehaving {
+        probe: probe(&device),
+        calls: AtomicUsize::new(0),
+        at: FAILING as usize,
+        kind: Misbehaviour::Fail,
+    };
+    let (outcome, handed) = observed_run(failing);
+    let error = outcome.err().expect("the probe failed");
+    assert!(
+        matches!(error, GuardError::Probe { step: FAILING, .. }),
+        "{error}"
+    );
+    // Observe mode keeps every proposal: the state handed back is the one an observed run whose
+    // probe works continues from (not the initial state, the only one such a guard saves).
+    let (outcome, expected) = observed_run(probe(&device));
+    assert!(outcome.is_ok());
+    let flex = stab_burn::training_device()
+        .map(|d| d.name.contains("Flex"))
+        .unwrap_or(false);
+    if flex {
+        assert_same_state(&expected, &handed);
+    }
 }
 
 /// A configuration whose ladder rewinds and resets the optimizer: a snapshot ring of ages 2 and
