@@ -438,7 +438,7 @@ fn a_failed_probe_in_observe_mode_hands_back_the_proposal() {
         kind: Misbehaviour::Fail,
     };
     let (outcome, handed) = observed_run(failing);
-    let error = outcome.err().expect("the probe failed");
+    let error = outcome.expect_err("the probe failed");
     assert!(
         matches!(error, GuardError::Probe { step: FAILING, .. }),
         "{error}"
