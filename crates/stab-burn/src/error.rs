@@ -222,20 +222,30 @@ pub enum DeviceError {
     },
 }
 
-/// Errors of the [`crate::Guard`]. An `Err` from [`crate::Guard::step`] ends the run: the model
-/// passed in has been consumed, and the last accepted state stays in the store.
+/// Errors of the [`crate::Guard`]. An `Err` from [`crate::Guard::step`] consumes the model passed
+/// in; [`crate::Guard::take_last_accepted`] hands back the state to continue from whenever the
+/// guard holds one (see there for each variant): the state the step's decision left, or, for an
+/// error before the decision, the last accepted state. After [`GuardError::Observer`] and the
+/// errors before the decision the guard can go on from that state; the others end the run.
 #[derive(Debug, Error)]
 pub enum GuardError {
     /// The controller configuration is invalid, or the initial measurement is not finite.
     #[error(transparent)]
     Controller(StabError),
-    /// The runtime safety monitor found a broken guarantee.
+    /// The runtime safety monitor found a broken guarantee. When a restored state's fingerprint
+    /// differs from the one taken when it was saved (`InexactRestore`, with
+    /// [`crate::GuardConfig::verify_restores`]), no state is handed back: the one the store
+    /// produced is not the last accepted state.
     #[error("safety invariant violated: {0}")]
     Safety(#[from] SafetyViolation),
-    /// The snapshot store failed.
+    /// The snapshot store failed. After a failed `save` or `copy` of a commit, the accepted
+    /// proposal is handed back by [`crate::Guard::take_last_accepted`] (it is not in the store);
+    /// after a failed `restore` or `rewind` nothing is: the store could not bring the last
+    /// accepted state back, and the rejected proposal is not a state to continue from.
     #[error("snapshot store failed during {operation} at step {step}: {source}")]
     Store {
-        /// `"save"` or `"restore"`.
+        /// What the guard asked of the store: `"save"`, `"copy"`, `"restore"`, `"rewind"`,
+        /// `"release"`, or a running-statistics restore of the overlapped guard.
         operation: &'static str,
         /// The guarded step (the initial snapshot is step 0's save).
         step: u64,
@@ -243,7 +253,9 @@ pub enum GuardError {
         #[source]
         source: StoreError,
     },
-    /// The probe could not measure the proposal.
+    /// The probe could not measure the proposal. The step is given up (not decided, its index
+    /// skipped): [`crate::Guard::take_last_accepted`] hands back the last accepted state from
+    /// the store, and the guard can go on from it.
     #[error("probe failed at step {step}: {source}")]
     Probe {
         /// The guarded step (`0` for the initial measurement).
@@ -274,7 +286,8 @@ pub enum GuardError {
     /// The probe signal was configured but no probe was given to the builder.
     #[error("the probe signal needs a probe: call GuardBuilder::probe")]
     MissingProbe,
-    /// Fingerprinting a state for the restore check failed.
+    /// Fingerprinting a state for the restore check failed. The state (restored, rewound or
+    /// committed) is handed back unverified by [`crate::Guard::take_last_accepted`].
     #[error("could not fingerprint the state at step {step}: {source}")]
     Fingerprint {
         /// The guarded step.
@@ -283,7 +296,8 @@ pub enum GuardError {
         #[source]
         source: StoreError,
     },
-    /// An observer could not record a step.
+    /// An observer could not record a step. The step itself is complete: its state is handed
+    /// back by [`crate::Guard::take_last_accepted`] and the guard can go on from it.
     #[error(transparent)]
     Observer(#[from] ObserverError),
     /// The overlapped guard measures the probe signal only: other signals are measured before
@@ -293,11 +307,40 @@ pub enum GuardError {
         /// The configured signal.
         signal: SignalKind,
     },
-    /// The overlapped guard's probe thread could not start, or is gone (its probe panicked).
+    /// The overlapped guard's probe thread could not start, is gone, or cannot be used any more
+    /// (after [`GuardError::ProbePanicked`] or [`GuardError::ProbeTimeout`]).
     #[error("the probe thread is unavailable: {message}")]
     ProbeThread {
         /// What went wrong.
         message: String,
+    },
+    /// The overlapped guard's probe panicked while measuring a proposal. The proposal is not
+    /// decided; the last accepted state is handed back (`OverlappedGuard::take_last_accepted`)
+    /// and the overlapped run ends.
+    #[error("the probe of step {step} panicked after {waited:?}: {message}")]
+    ProbePanicked {
+        /// The guarded step whose proposal was being measured.
+        step: u64,
+        /// Time from handing the proposal to the probe thread until the panic was seen.
+        waited: std::time::Duration,
+        /// The panic's message.
+        message: String,
+    },
+    /// The overlapped guard's probe did not finish within its bound
+    /// (`OverlappedGuard::with_probe_timeout`). The proposal is not decided; the last accepted
+    /// state is handed back (`OverlappedGuard::take_last_accepted`) and the overlapped run ends.
+    /// The probe thread is left running, detached.
+    #[error(
+        "the probe of step {step} did not finish within {timeout:?} (waited {waited:?} since the \
+         proposal was handed to it); its thread is abandoned"
+    )]
+    ProbeTimeout {
+        /// The guarded step whose proposal was being measured.
+        step: u64,
+        /// The bound.
+        timeout: std::time::Duration,
+        /// Time from handing the proposal to the probe thread until the guard gave up.
+        waited: std::time::Duration,
     },
 }
 

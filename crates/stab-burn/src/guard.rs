@@ -180,9 +180,12 @@ impl<M: Module + 'static> Guard<M> {
     ///
     /// # Errors
     /// A missing input, a failing probe, signal, store or observer, a safety violation, or
-    /// [`StabError::RecoveryExhausted`] when the escalation ladder has run out (then
-    /// [`Guard::take_last_accepted`] holds the last accepted model). An error ends the run:
-    /// `model` has been consumed; the last accepted state stays in the store.
+    /// [`StabError::RecoveryExhausted`] when the escalation ladder has run out. `model` has been
+    /// consumed. Once the protocol has decided the step, an error hands back the state the
+    /// decision left, whenever the guard holds it, through [`Guard::take_last_accepted`] (with
+    /// [`Guard::optimizer`] holding the matching optimizer state); an error before the decision
+    /// hands back the last accepted state from the store. See there for each error. Every error
+    /// but an observer's or one before the decision ends the run.
     pub fn step_with(
         &mut self,
         lr: impl Into<ModuleLearningRate>,
@@ -193,7 +196,10 @@ impl<M: Module + 'static> Guard<M> {
         let mut proposed = self.propose(lr, model, grads, inputs)?;
         let measurement = if proposed.needs_probe() {
             let clock = Instant::now();
-            let y = self.probe_proposal(proposed.step, &proposed.model)?;
+            let y = match self.probe_proposal(proposed.step, &proposed.model) {
+                Ok(y) => y,
+                Err(error) => return Err(self.abandon(proposed.model, error)),
+            };
             proposed.timings.measure += clock.elapsed();
             Some(y)
         } else {
@@ -212,10 +218,15 @@ impl<M: Module + 'static> Guard<M> {
         grads: GradientsParams,
         inputs: StepInputs,
     ) -> Result<Proposed<M>, GuardError> {
+        // A state handed back by an earlier failed step and not taken is stale now.
+        self.last_accepted = None;
         let step = self.protocol.next_step();
         let mut timings = StepTimings::default();
         let clock = Instant::now();
-        let gradient_norm = self.gate_input(step, &model, &grads)?;
+        let gradient_norm = match self.gate_input(step, &model, &grads) {
+            Ok(norm) => norm,
+            Err(error) => return Err(self.abandon(model, error)),
+        };
         timings.measure = clock.elapsed();
 
         let mut update = None;
@@ -224,7 +235,10 @@ impl<M: Module + 'static> Guard<M> {
             StepPlan::Propose { measure } => {
                 let clock = Instant::now();
                 let before = if measure {
-                    self.measure_before(step, &model, &grads, gradient_norm, inputs)?
+                    match self.measure_before(step, &model, &grads, gradient_norm, inputs) {
+                        Ok(before) => before,
+                        Err(error) => return Err(self.abandon(model, error)),
+                    }
                 } else {
                     None
                 };
@@ -244,8 +258,13 @@ impl<M: Module + 'static> Guard<M> {
                 timings.optimizer = clock.elapsed();
                 let clock = Instant::now();
                 if let Some(previous) = previous {
-                    let norm = update_norm(&previous, &proposal)
-                        .map_err(|source| GuardError::Signal { step, source })?;
+                    let norm = match update_norm(&previous, &proposal) {
+                        Ok(norm) => norm,
+                        Err(source) => {
+                            let error = GuardError::Signal { step, source };
+                            return Err(self.abandon(proposal, error));
+                        }
+                    };
                     // The update gate's patience is spent on an outsized update: it is measured
                     // (and, if accepted, kept) clipped to the gate's ceiling.
                     if let Some(factor) = self.protocol.update_clip(norm) {
@@ -304,22 +323,55 @@ impl<M: Module + 'static> Guard<M> {
             _ => Some(&mut timings.restore),
         };
         let keep = phase.is_none();
-        let (model, restored_fingerprint) = self.obey(step, directive, model)?;
+        let discards = !matches!(directive, Directive::Keep | Directive::Commit(_));
+        // From here on the protocol has decided: every error hands back the state the decision
+        // left (when there is one) through `take_last_accepted`, with `self.optim` holding its
+        // optimizer state.
+        let (model, restored_fingerprint) = match self.obey(step, directive, model) {
+            Ok(obeyed) => obeyed,
+            Err(Disobeyed { error, state }) => {
+                self.last_accepted = state;
+                return Err(error);
+            }
+        };
         let verified = if keep {
             None
         } else {
-            self.fingerprint_if_verifying(step, &model)?
+            match self.fingerprint_if_verifying(step, &model) {
+                Ok(verified) => verified,
+                Err(error) => {
+                    // The state is the one the store brought back or just saved; it could not be
+                    // fingerprinted, so it is handed back unverified (see `GuardError::Fingerprint`).
+                    self.last_accepted = Some(model);
+                    return Err(error);
+                }
+            }
         };
         if let Some(phase) = phase {
             *phase = clock.elapsed();
         }
-        let completed = self.protocol.complete(Completion {
+        let completed = match self.protocol.complete(Completion {
             fingerprint: verified,
             restored_fingerprint,
-        })?;
+        }) {
+            Ok(completed) => completed,
+            Err(error) => {
+                // A restored state that fails its fingerprint check is not the last accepted
+                // state: nothing is handed back then. A commit cannot fail the check.
+                if !discards {
+                    self.last_accepted = Some(model);
+                }
+                return Err(error.into());
+            }
+        };
         if let Some(record) = &completed.record {
             for observer in &mut self.observers {
-                observer.on_step(record)?;
+                if let Err(error) = observer.on_step(record) {
+                    // The step is complete (committed, restored or kept): only its record is
+                    // missing from this observer (and from the observers after it).
+                    self.last_accepted = Some(model);
+                    return Err(error.into());
+                }
             }
         }
         if let Some(exhausted) = self.protocol.exhausted() {
@@ -338,6 +390,45 @@ impl<M: Module + 'static> Guard<M> {
                 update_norm,
             },
         })
+    }
+
+    /// Gives up a step that failed before its decision (a measurement, signal or probe error):
+    /// brings the last accepted state back from the store in place of `model` (the proposal, or
+    /// the current state when the optimizer has not stepped yet) and keeps it for
+    /// [`Guard::take_last_accepted`], the optimizer holding its state; the protocol skips the
+    /// step, so the guard can go on from that state. With `verify_restores`, only a state whose
+    /// fingerprint matches the one recorded when it was saved is handed back. When the store
+    /// cannot restore it nothing changes (the optimizer keeps what the failed step left). In
+    /// observe mode, which never goes back (and saves nothing), `model` itself is handed back,
+    /// with the optimizer as the failed step left it. Returns `error`.
+    pub(crate) fn abandon(&mut self, model: M, error: GuardError) -> GuardError {
+        if self.config.mode == GuardMode::Observe {
+            let _ = self.protocol.abandon_step();
+            self.last_accepted = Some(model);
+            return error;
+        }
+        let Ok((restored, optim)) = self.store.restore(model, self.optim.clone()) else {
+            return error;
+        };
+        if self.config.verify_restores {
+            let expected = self.protocol.current_fingerprint();
+            let actual = state_fingerprint(&restored, &optim).ok();
+            if expected.is_none() || expected != actual {
+                return error;
+            }
+        }
+        self.optim = optim;
+        // Fails only when no step was open (a gate error comes before `begin_step`): then there
+        // is nothing to give up.
+        let _ = self.protocol.abandon_step();
+        self.last_accepted = Some(restored);
+        error
+    }
+
+    /// Keeps `model` for [`Guard::take_last_accepted`]: the state a driver's failure after a
+    /// decided step leaves (the overlapped guard's).
+    pub(crate) fn hand_back(&mut self, model: M) {
+        self.last_accepted = Some(model);
     }
 
     /// Moves the probe out of the guard (for a driver that measures on another thread).
@@ -362,8 +453,8 @@ impl<M: Module + 'static> Guard<M> {
     /// while it is lent one.
     ///
     /// # Errors
-    /// As [`Guard::step_with`]; `optim` then holds the state the failed step left (after
-    /// [`StabError::RecoveryExhausted`], the last accepted one).
+    /// As [`Guard::step_with`]; `optim` then holds the optimizer state the failed step left:
+    /// whenever [`Guard::take_last_accepted`] hands a model back, the state that matches it.
     pub fn step_lent_with(
         &mut self,
         optim: &mut ModuleOptimizer,
@@ -407,8 +498,28 @@ impl<M: Module + 'static> Guard<M> {
         self.optim
     }
 
-    /// The last accepted model, after the escalation ladder ran out
-    /// ([`StabError::RecoveryExhausted`]); the optimizer holds its state.
+    /// The model to continue from after a step that failed: the state the step's decision left
+    /// (or, before the decision, the last accepted state), bit for bit (parameters and running
+    /// statistics), with
+    /// [`Guard::optimizer`] (or the lent optimizer of [`Guard::step_lent_with`]) holding its
+    /// optimizer state. Taken: a second call returns `None`, and the next step clears it.
+    ///
+    /// What each error leaves:
+    ///
+    /// | error of the step | handed back |
+    /// |---|---|
+    /// | [`StabError::RecoveryExhausted`] | the last accepted state; the run has stopped |
+    /// | [`GuardError::Observer`] | the state the completed step left: the committed proposal, the restored or rewound state, or the kept one. Only the record is missing from that observer (and the ones after it); the guard can go on stepping from this state |
+    /// | [`GuardError::Store`] `save` or `copy`, on a commit | the accepted proposal. It is *not* in the store: the store's last snapshot is the previous accepted state (or, after a failed `copy`, the ring lacks an older copy) |
+    /// | [`GuardError::Store`] `save`, after an optimizer reset | the restored state, its optimizer state cleared, as the reset left it (not saved) |
+    /// | [`GuardError::Store`] `release`, after a rewind | the rewound state |
+    /// | [`GuardError::Fingerprint`] | the state restored, rewound or committed, *unverified*: the check could not run |
+    /// | [`GuardError::Store`] `restore` or `rewind` | `None`: the store could not bring the last accepted state back, and the rejected proposal is not handed back as if accepted. The optimizer holds the rejected proposal's state |
+    /// | [`GuardError::Safety`] (`InexactRestore`, with [`GuardConfig::verify_restores`]) | `None`: what the store restored is not the saved state. The optimizer holds the state the store restored |
+    /// | an error before the decision ([`GuardError::Probe`], [`GuardError::Signal`], [`GuardError::MissingInput`], [`GuardError::MissingProbe`]) | the last accepted state, brought back from the store (and, with [`GuardConfig::verify_restores`], checked against its fingerprint). The step is given up, its index skipped, and the guard can go on from that state. `None` if the store cannot bring it back or it fails the check; the optimizer then holds what the failed step left. In [`GuardMode::Observe`], which never goes back, the model as the failed step left it (the proposal, if the optimizer stepped) |
+    ///
+    /// After the other errors the run cannot go on (the protocol did not complete the step):
+    /// start a new guard from the state handed back.
     pub fn take_last_accepted(&mut self) -> Option<M> {
         self.last_accepted.take()
     }
@@ -560,25 +671,32 @@ impl<M: Module + 'static> Guard<M> {
 
     /// Does what the protocol said; returns the model to continue from (the optimizer is
     /// updated in place) and, after an optimizer reset, the fingerprint of the restored state
-    /// before the reset (with `verify_restores`).
+    /// before the reset (with `verify_restores`). On an error, hands back the state to continue
+    /// from when the failure came after that state was in hand (a failed save or copy after a
+    /// commit, a failed release after a rewind, a failed fingerprint or save after an optimizer
+    /// reset), with `self.optim` holding its optimizer state; `None` when the store could not
+    /// bring the last accepted state back (the rejected proposal is not handed back).
     fn obey(
         &mut self,
         step: u64,
         directive: Directive,
         model: M,
-    ) -> Result<(M, Option<u64>), GuardError> {
+    ) -> Result<(M, Option<u64>), Disobeyed<M>> {
         let mut restored_fingerprint = None;
         let model = match directive {
             Directive::Keep => model,
             Directive::Commit(update) => {
-                self.commit(step, &model, &update)?;
+                if let Err(error) = self.commit(step, &model, &update) {
+                    return Err(Disobeyed::with_state(error, model));
+                }
                 model
             }
             Directive::Restore | Directive::Stop => {
                 let (model, optim) = self
                     .store
                     .restore(model, self.optim.clone())
-                    .map_err(Self::store_error("restore", step))?;
+                    .map_err(Self::store_error("restore", step))
+                    .map_err(Disobeyed::without_state)?;
                 self.optim = optim;
                 model
             }
@@ -586,27 +704,40 @@ impl<M: Module + 'static> Guard<M> {
                 let (model, optim) = self
                     .store
                     .restore(model, self.optim.clone())
-                    .map_err(Self::store_error("restore", step))?;
+                    .map_err(Self::store_error("restore", step))
+                    .map_err(Disobeyed::without_state)?;
                 self.optim = optim;
-                restored_fingerprint = self.fingerprint_if_verifying(step, &model)?;
+                restored_fingerprint = match self.fingerprint_if_verifying(step, &model) {
+                    Ok(fingerprint) => fingerprint,
+                    Err(error) => return Err(Disobeyed::with_state(error, model)),
+                };
                 // An empty record clears every parameter's state (moments, step counts); the
                 // optimizer's configuration and groups are kept.
                 self.optim = self.optim.clone().load_record(OptimizerRecord::default());
-                self.store
+                if let Err(error) = self
+                    .store
                     .save(&model, &self.optim)
-                    .map_err(Self::store_error("save", step))?;
+                    .map_err(Self::store_error("save", step))
+                {
+                    return Err(Disobeyed::with_state(error, model));
+                }
                 model
             }
             Directive::Rewind { slot, release } => {
                 let (model, optim) = self
                     .store
                     .rewind(slot, model, self.optim.clone())
-                    .map_err(Self::store_error("rewind", step))?;
+                    .map_err(Self::store_error("rewind", step))
+                    .map_err(Disobeyed::without_state)?;
                 self.optim = optim;
                 for slot in release {
-                    self.store
+                    if let Err(error) = self
+                        .store
                         .release(slot)
-                        .map_err(Self::store_error("release", step))?;
+                        .map_err(Self::store_error("release", step))
+                    {
+                        return Err(Disobeyed::with_state(error, model));
+                    }
                 }
                 model
             }
@@ -621,6 +752,26 @@ impl<M: Module + 'static> Guard<M> {
         state_fingerprint(model, &self.optim)
             .map(Some)
             .map_err(|source: StoreError| GuardError::Fingerprint { step, source })
+    }
+}
+
+/// An error of [`Guard::obey`], with the state to continue from when the failure came after
+/// that state was in hand.
+struct Disobeyed<M> {
+    error: GuardError,
+    state: Option<M>,
+}
+
+impl<M> Disobeyed<M> {
+    fn with_state(error: GuardError, state: M) -> Self {
+        Self {
+            error,
+            state: Some(state),
+        }
+    }
+
+    fn without_state(error: GuardError) -> Self {
+        Self { error, state: None }
     }
 }
 

@@ -87,6 +87,11 @@
 //! [`Guard::take_last_accepted`]). Every action is a [`StepAction`] in the step report and the
 //! record.
 //!
+//! A step that fails (a probe, signal, store or observer error, a safety violation) loses no
+//! state the guard holds: [`Guard::take_last_accepted`] hands back the state to continue from,
+//! bit for bit and with the optimizer holding its state, and says for each error which state
+//! that is and when there is none (a store that cannot bring the last accepted state back).
+//!
 //! ## Choices and their costs
 //!
 //! - **Store.** [`StoreKind::Device`] saves in microseconds but, while a step is in flight, the
@@ -173,7 +178,7 @@ pub use error::{DeviceError, FaultError, GuardError, ProbeError, SignalError, St
 pub use fault::{Fault, FaultKind, FaultSchedule};
 pub use fingerprint::{module_fingerprint, optimizer_fingerprint, state_fingerprint};
 pub use guard::{Guard, StepInputs};
-pub use overlap::{OverlappedGuard, OverlappedStep};
+pub use overlap::{DEFAULT_PROBE_TIMEOUT, OverlappedCheckpoint, OverlappedGuard, OverlappedStep};
 pub use probe::{Measure, Probe};
 pub use report::{GuardedStep, StepAction, StepReport, StepTimings};
 pub use running_state::{RunningStateSnapshot, sync_running_states};

@@ -6,7 +6,6 @@ use burn::module::Module;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn_train::{Interrupter, LearnerModel, SupervisedTraining};
-use stab_core::StabError;
 
 use super::metrics::{GuardMetric, GuardMetricKind, GuardSample, SampleLog};
 use crate::builder::GuardBuilder;
@@ -146,10 +145,21 @@ impl<M: Module + 'static> LearnerGuard<M> {
     /// guard cannot be built, a probe, signal or store fails, or the escalation ladder is
     /// exhausted) the error is kept for [`LearnerGuard::take_error`], the `Learner` is stopped
     /// through the interrupter given to [`LearnerGuard::register`] or
-    /// [`LearnerGuard::stop_on_failure`], and later calls keep the model unchanged. After an
-    /// exhausted ladder the returned model and `optim` are the last accepted state; after
-    /// another error the model is the one given (the step is not applied) and `optim` holds
-    /// what the failed step left.
+    /// [`LearnerGuard::stop_on_failure`], and later calls keep the model unchanged.
+    ///
+    /// Whatever the failure, the returned model and `optim` are one consistent state. When the
+    /// guard hands a state back ([`Guard::take_last_accepted`]: an exhausted ladder, an
+    /// observer that failed after the step completed, a store that failed to save a committed
+    /// proposal, a probe that failed before the decision, …) it is that state, bit for bit,
+    /// optimizer included. Otherwise (the store could not bring the last accepted state back,
+    /// or what it brought back failed its fingerprint check) it is the state before the step:
+    /// the model given and the optimizer as it was lent, the step not applied (the running
+    /// statistics as this batch's forward left them). For that, the handle keeps a
+    /// copy-on-write clone of the lent optimizer during each step: it shares the state tensors,
+    /// so the optimizer step writes new ones beside them rather than in place. With the device
+    /// store this costs nothing more (its snapshot shares them already); with the host store,
+    /// whose snapshot holds no device tensors, it can cost up to one optimizer state of device
+    /// memory while the step runs.
     ///
     /// # Panics
     /// When guarding fails and no interrupter was given: `optimize` cannot return an error,
@@ -197,8 +207,11 @@ impl<M: Module + 'static> LearnerGuard<M> {
             },
         };
         // Parameters are immutable tensors behind `Arc`s: this clone copies no weights. It is
-        // what `optimize` returns if the step fails without handing a model back.
+        // what `optimize` returns if the step fails without handing a model back, with the
+        // optimizer as it was before the step (a copy-on-write clone: its states are shared,
+        // not copied).
         let given = model.clone();
+        let given_optim = optim.clone();
         match guard.step_lent_with(optim, lr, model, grads, inputs) {
             Ok(step) => {
                 self.log
@@ -210,11 +223,14 @@ impl<M: Module + 'static> LearnerGuard<M> {
                 step.model
             }
             Err(error) => {
-                let model = match &error {
-                    GuardError::Controller(StabError::RecoveryExhausted(_)) => {
-                        guard.take_last_accepted().unwrap_or(given)
+                // The state the decision left, if the guard holds it (`optim` then holds its
+                // optimizer state); otherwise the state before the step, model and optimizer.
+                let model = match guard.take_last_accepted() {
+                    Some(model) => model,
+                    None => {
+                        *optim = given_optim;
+                        given
                     }
-                    _ => given,
                 };
                 Self::fail(&mut inner, error);
                 model

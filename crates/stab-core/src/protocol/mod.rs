@@ -734,6 +734,13 @@ impl StepProtocol {
         }
     }
 
+    /// The fingerprint recorded for the last accepted state (slot 0), when the driver
+    /// fingerprints: what a state brought back from the store outside the protocol's own
+    /// directives (a driver giving up a step, [`StepProtocol::abandon_step`]) must match.
+    pub fn current_fingerprint(&self) -> Option<u64> {
+        self.ring.current().and_then(|current| current.fingerprint)
+    }
+
     /// Why the run stopped, once the ladder has run out.
     pub fn exhausted(&self) -> Option<&RecoveryExhausted> {
         self.exhausted.as_ref()
