@@ -150,3 +150,89 @@ fn a_fault_longer_than_the_patience_passes_clipped_and_does_not_stall_adamw() {
         "update sizes before the fault {before}, after {after}: {updates:?}"
     );
 }
+
+/// A ×100 learning rate for 20 steps from step 5 outlasts the update gate's patience (16): the
+/// 17th update is let through *clipped* to the gate's ceiling. What the run keeps moved the
+/// parameters by the ceiling, not by the raw ×100 update (which the report still shows), and the
+/// kept state is θ_t + c · (θ_prop − θ_t) for the proposal of the same step.
+#[test]
+fn a_learning_rate_spike_longer_than_the_patience_passes_clipped_to_the_update_gates_ceiling() {
+    let device = common::training_device();
+    device.seed(3);
+    let mut model = Net::new(&device);
+    let mut guard = Guard::builder(GuardConfig::default())
+        .probe(probe(&device))
+        .build(&model, adamw())
+        .unwrap();
+    let faults = FaultSchedule::new(0).with(Fault::new(
+        FaultKind::LearningRateScale { factor: 100.0 },
+        5,
+        20,
+    ));
+    let mut gated = Vec::new();
+    let mut let_through = None;
+    for t in 0..26 {
+        let (g, _) = grads(&model, &batch(t, 16, &device));
+        let before = model.clone();
+        let out = guard.step(faults.lr(t, 1e-3), model, g).unwrap();
+        model = out.model;
+        let kept = stab_burn::update_norm(&before, &model).unwrap();
+        let reason = out
+            .report
+            .record
+            .as_ref()
+            .and_then(|r| r.decision.rejection_reason());
+        if matches!(reason, Some(RejectionReason::UpdateGate { .. })) {
+            gated.push(t);
+            assert_eq!(kept, 0.0, "step {t}: a rejection keeps θ_t");
+        } else if (5..25).contains(&t) && let_through.is_none() {
+            let_through = Some((t, out.report.update_norm.unwrap(), kept));
+        }
+    }
+    assert_eq!(gated, (5..21).collect::<Vec<_>>(), "16 rejections in a row");
+    let (t, raw, kept) = let_through.expect("the 17th is let through");
+    assert_eq!(t, 21);
+    // The ceiling is at most 8 × the median of the accepted update norms (young) or the z-test's
+    // bound (warm): far below a ×100 update.
+    assert!(
+        kept < raw / 5.0,
+        "step {t}: kept an update of {kept}, the proposal's was {raw}"
+    );
+    assert!(kept > 0.0);
+}
+
+/// `scale_update` is θ_before + c · (θ_after − θ_before) parameter by parameter, leaves running
+/// statistics as `after` has them, and keeps parameter ids.
+#[test]
+fn scale_update_moves_each_parameter_back_towards_the_old_value() {
+    let device = common::training_device();
+    device.seed(5);
+    let before = Net::new(&device);
+    let mut optim = adamw();
+    let (g, _) = grads(&before, &batch(0, 16, &device));
+    let after = optim.step(0.1, before.clone(), g);
+    let full = stab_burn::update_norm(&before, &after).unwrap();
+    let quarter = stab_burn::scale_update(&before, after.clone(), 0.25);
+    let scaled = stab_burn::update_norm(&before, &quarter).unwrap();
+    assert!(
+        (scaled - 0.25 * full).abs() <= 1e-5 * full,
+        "{scaled} vs {full}"
+    );
+    let zero = stab_burn::scale_update(&before, after.clone(), 0.0);
+    let b = StateBytes::of(&before, &optim);
+    let z = StateBytes::of(&zero, &optim);
+    let a = StateBytes::of(&after, &optim);
+    let params = |s: &StateBytes, trainable: bool| -> Vec<(String, Vec<u8>)> {
+        s.tensors
+            .iter()
+            .filter(|(_, _, t, _)| *t == trainable)
+            .map(|(id, _, _, bytes)| (id.clone(), bytes.clone()))
+            .collect()
+    };
+    assert_eq!(params(&z, true), params(&b, true), "c = 0 gives θ_before");
+    assert_eq!(
+        params(&z, false),
+        params(&a, false),
+        "running statistics of `after`"
+    );
+}

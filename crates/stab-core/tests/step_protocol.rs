@@ -797,3 +797,78 @@ fn the_update_gate_restarts_after_a_lasting_change_of_update_size() {
         "judged against the new size"
     );
 }
+
+/// One measured step with an update norm: the clip factor the protocol asks for after the
+/// proposal, and whether the update gate rejected it.
+fn clipped_update(p: &mut StepProtocol, y: f64, update: f64) -> (Option<f64>, bool) {
+    assert!(matches!(
+        p.begin_step(None).unwrap(),
+        StepPlan::Propose { measure: true }
+    ));
+    let clip = p.update_clip(update);
+    assert_eq!(p.update_clip(update), clip, "a query: no state changes");
+    p.decide_with_update(Some(y), Some(update)).unwrap();
+    let done = p.complete(Completion::default()).unwrap();
+    (clip, update_gate_reason(&done).is_some())
+}
+
+#[test]
+fn after_its_patience_the_update_gate_lets_an_outsized_update_through_clipped_to_its_ceiling() {
+    let config = ControllerConfig::default().with_update_gate(GateConfig {
+        patience: 2,
+        ..GateConfig::default()
+    });
+    let mut p = started(&config, Mode::Enforce, Some(1.0));
+    for _ in 0..3 {
+        assert_eq!(clipped_update(&mut p, 0.99, 1.0), (None, false));
+    }
+    // Young ceiling: 8 × median 1. Rejected twice (no clip asked: nothing is let through) ...
+    assert_eq!(clipped_update(&mut p, 0.99, 100.0), (None, true));
+    assert_eq!(clipped_update(&mut p, 0.99, 100.0), (None, true));
+    // ... then let through, scaled to the ceiling: 8 / 100.
+    assert_eq!(clipped_update(&mut p, 0.99, 100.0), (Some(0.08), false));
+    // The streak starts over; a nominal update is never scaled.
+    assert_eq!(clipped_update(&mut p, 0.99, 100.0), (None, true));
+    assert_eq!(clipped_update(&mut p, 0.99, 1.0), (None, false));
+    // A non-finite update cannot be scaled: after the patience it is the probe's to judge.
+    for _ in 0..2 {
+        assert_eq!(clipped_update(&mut p, 0.99, f64::NAN), (None, true));
+    }
+    assert_eq!(clipped_update(&mut p, 0.99, f64::NAN), (None, false));
+
+    // Outside a measured proposal, in observe mode, or with the gate off: never a clip.
+    let mut p = started(&config, Mode::Enforce, Some(1.0));
+    assert_eq!(p.update_clip(100.0), None, "no step open");
+    let mut observe = started(&config, Mode::Observe, Some(1.0));
+    let mut off = started(
+        &ControllerConfig::default().with_update_gate(GateConfig {
+            enabled: false,
+            patience: 2,
+            ..GateConfig::default()
+        }),
+        Mode::Enforce,
+        Some(1.0),
+    );
+    for q in [&mut p, &mut observe, &mut off] {
+        for _ in 0..3 {
+            clipped_update(q, 0.99, 1.0);
+        }
+        for _ in 0..2 {
+            clipped_update(q, 0.99, 100.0);
+        }
+    }
+    assert_eq!(clipped_update(&mut observe, 0.99, 100.0).0, None);
+    assert_eq!(clipped_update(&mut off, 0.99, 100.0).0, None);
+    assert_eq!(clipped_update(&mut p, 0.99, 100.0).0, Some(0.08));
+    // An unprobed step (probe interval 2) asks for no clip either.
+    let mut sparse = started(
+        &config.clone().with_probe_interval(2),
+        Mode::Enforce,
+        Some(1.0),
+    );
+    assert!(matches!(
+        sparse.begin_step(None).unwrap(),
+        StepPlan::Propose { measure: false }
+    ));
+    assert_eq!(sparse.update_clip(100.0), None);
+}

@@ -84,7 +84,11 @@ impl Default for DriftConfig {
 /// largest norm it would pass; drivers that can scale the gradient do so, stab-burn's `Guard`
 /// does), since one raw ×300 gradient is enough to poison AdamW's second moment for hundreds of
 /// steps (seen on the `cpu` matrix: a 30-step fault at step 10, the 17th gradient let through
-/// raw, the run stalled and ended 1.6× the clean run's loss). After `restart_after` such
+/// raw, the run stalled and ended 1.6× the clean run's loss). The update gate likewise lets its
+/// update through scaled to its ceiling, θ_t + c · (θ_prop − θ_t)
+/// (`StepProtocol::update_clip`; stab-burn's `Guard` does it): one raw ×100-learning-rate update
+/// let through after the patience was where the damage of the matrix's long learning-rate faults
+/// entered. After `restart_after` such
 /// let-throughs with no norm passing on its own in between, the gate concludes that the norms
 /// changed for good and starts over (young again, from the norms that follow).
 ///
