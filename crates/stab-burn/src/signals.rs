@@ -111,7 +111,9 @@ pub fn scale_update<M: Module>(before: &M, after: M, factor: f64) -> M {
     struct Collect(HashMap<ParamId, Tensor<1>>);
     impl ModuleVisitor for Collect {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.0.insert(param.id, param.val().flatten::<1>(0, D - 1));
+            // The values only: no autodiff graph.
+            let value = param.val().inner();
+            self.0.insert(param.id, value.flatten::<1>(0, D - 1));
         }
     }
     struct Scale {
@@ -125,16 +127,20 @@ pub fn scale_update<M: Module>(before: &M, after: M, factor: f64) -> M {
             };
             let factor = self.factor;
             param.map(|new| {
+                // As the optimizer writes a parameter: computed on the inner values, then a
+                // leaf again with the parameter's own settings.
                 let require_grad = new.is_require_grad();
-                let shape = new.shape();
-                let old = old.detach().reshape(shape);
-                let new = new.detach();
-                let scaled = old.clone() + (new - old).mul_scalar(factor);
-                if require_grad {
-                    scaled.require_grad()
-                } else {
-                    scaled
+                let checkpointing = new.gradient_checkpointing_strategy();
+                let new = new.inner();
+                let old = old.reshape(new.shape());
+                let mut scaled = Tensor::from_inner(old.clone() + (new - old).mul_scalar(factor));
+                if let Some(strategy) = checkpointing {
+                    scaled = scaled.with_gradient_checkpointing_strategy(strategy);
                 }
+                if require_grad {
+                    scaled = scaled.require_grad();
+                }
+                scaled
             })
         }
     }
