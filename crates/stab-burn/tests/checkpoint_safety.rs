@@ -156,13 +156,26 @@ fn every_stage_is_crash_safe(
                     }
                 });
             let error = write(&mut checkpointer).expect_err("the write stops at the stage");
-            match (&error, failure) {
-                (CheckpointError::Io { source, .. }, Failure::Os(code)) => {
-                    assert_eq!(source.raw_os_error(), Some(code), "{error}");
-                }
-                (CheckpointError::Io { .. }, Failure::Crash) => {}
-                (other, _) => panic!("stage {k}: {other}"),
+            let CheckpointError::Io {
+                source, operation, ..
+            } = &error
+            else {
+                panic!("stage {k}: {error}");
+            };
+            if let Failure::Os(code) = failure {
+                assert_eq!(source.raw_os_error(), Some(code), "{error}");
             }
+            // The error names what the stage was doing.
+            let expected = match stage_name.split([' ', '(']).next().unwrap_or_default() {
+                "CreateTemporary" => "create directory",
+                "WriteFile" => "write",
+                "FsyncFile" => "fsync",
+                "FsyncTemporary" | "FsyncParent" => "fsync directory",
+                "Rename" | "RenameForRemoval" => "rename",
+                "Delete" => "remove",
+                other => panic!("unknown stage {other}"),
+            };
+            assert_eq!(*operation, expected, "stage {k} ({stage_name})");
             let found = checkpoint::latest(&dir)
                 .unwrap_or_else(|e| panic!("stage {k} ({stage_name}), {failure:?}: {e}"));
             let found = found.unwrap_or_else(|| panic!("stage {k}: no checkpoint left"));
@@ -463,5 +476,33 @@ fn a_failing_read_is_an_error_not_a_skip() {
         "{error}"
     );
     assert!(!error.is_damage());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_checkpoint_removed_by_hand_is_not_an_error_and_paths_are_compared_canonically() {
+    let dir = scratch("removed-by-hand");
+    let (mut guard, mut model) = two_checkpoints(&dir);
+    // The resumed run's directory, spelled differently: still the same directory.
+    let spelled = dir.join("sub").join("..");
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    let mut checkpointer = Checkpointer::resuming(&spelled, policy(2), &newest(&dir)).unwrap();
+    assert_eq!(checkpointer.owned().len(), 2);
+    let debug = format!("{checkpointer:?}");
+    assert!(
+        debug.starts_with("Checkpointer") && debug.contains("owned") && debug.contains("keep: 2"),
+        "{debug}"
+    );
+    // The oldest owned checkpoint is deleted by hand: rotating it away is not an error.
+    std::fs::remove_dir_all(dir.join("step-000000000003")).unwrap();
+    model = step_report(&mut guard, model, 6).0;
+    checkpointer
+        .write(&guard, &model, &Position { next_batch: 7 })
+        .unwrap();
+    assert_eq!(
+        names(&dir),
+        ["step-000000000006", "step-000000000007", "sub"]
+    );
+    assert_eq!(checkpointer.owned().len(), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -409,3 +409,33 @@ pub(crate) fn read(path: &Path, expected_step: u64) -> Result<Contents, Checkpoi
         files,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_names_round_trip_and_nothing_else_parses() {
+        for (step, generation) in [(0, 0), (7, 0), (123_456_789_012, 0), (5, 1), (5, 42)] {
+            assert_eq!(
+                parse_name(&name(step, generation)),
+                Some((step, generation))
+            );
+        }
+        assert_eq!(name(5, 0), "step-000000000005");
+        assert_eq!(name(5, 2), "step-000000000005.2");
+        for other in [
+            "step-",
+            "step-.1",
+            "step-+00000000005",
+            "step--5",
+            "step-5.",
+            "step-5.x",
+            "step-5.-1",
+            ".tmp-step-000000000005-1",
+            "manifest.json",
+        ] {
+            assert_eq!(parse_name(other), None, "{other}");
+        }
+    }
+}
