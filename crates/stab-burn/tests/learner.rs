@@ -29,6 +29,7 @@ use stab_burn::learner::{GuardMetricKind, LearnerGuard};
 use stab_burn::{
     Fault, FaultKind, FaultSchedule, Guard, GuardConfig, Probe, StepAction, StepReport,
 };
+use stab_core::{ControllerConfig, LadderConfig, RingConfig, Rung};
 
 const LR: f64 = 0.01;
 const BATCH: usize = 8;
@@ -153,19 +154,43 @@ struct Run {
 /// Trains `items` training items (batches of 8, two epochs' worth in `epochs`) under the guard,
 /// an ×1000 learning-rate spike on `spike`, metrics written under `dir`.
 fn run(dir: &Path, items: u64, epochs: usize, accumulation: usize, spike: (u64, u64)) -> Run {
+    let config = GuardConfig::default()
+        .with_gradient_gate(false)
+        .with_drift_detection(false)
+        .with_epsilon(0.5)
+        .with_verify_restores(true);
+    let fault = Fault::new(
+        FaultKind::LearningRateScale { factor: 1000.0 },
+        spike.0,
+        spike.1,
+    );
+    let device = common::training_device();
+    run_with(
+        dir,
+        (items, epochs, accumulation),
+        config,
+        fault,
+        Net::new(&device),
+    )
+}
+
+/// [`run`] with a guard configuration, a fault and an initial network of the caller's.
+fn run_with(
+    dir: &Path,
+    (items, epochs, accumulation): (u64, usize, usize),
+    config: GuardConfig,
+    fault: Fault,
+    net: Net,
+) -> Run {
     let device = common::training_device();
     let plain = device.clone().inner();
     let log = Arc::new(Mutex::new(Log {
-        faults: FaultSchedule::new(0).with(Fault::new(
-            FaultKind::LearningRateScale { factor: 1000.0 },
-            spike.0,
-            spike.1,
-        )),
+        faults: FaultSchedule::new(0).with(fault),
         ..Log::default()
     }));
     let stab = LearnerGuard::new();
     let model = Guarded {
-        net: Net::new(&device),
+        net,
         stab: stab.clone(),
         log: Arc::clone(&log),
     };
@@ -174,16 +199,7 @@ fn run(dir: &Path, items: u64, epochs: usize, accumulation: usize, spike: (u64, 
         common::loss(&m.net, b)
     })
     .unwrap();
-    stab.install(
-        Guard::builder(
-            GuardConfig::default()
-                .with_gradient_gate(false)
-                .with_drift_detection(false)
-                .with_epsilon(0.5)
-                .with_verify_restores(true),
-        )
-        .probe(probe),
-    );
+    stab.install(Guard::builder(config).probe(probe));
 
     let seeds: Vec<u64> = (0..items * BATCH as u64).collect();
     let train = DataLoaderBuilder::new(Seeds)
@@ -205,7 +221,8 @@ fn run(dir: &Path, items: u64, epochs: usize, accumulation: usize, spike: (u64, 
     let training = stab.register_accumulated(training, accumulation);
     let result = training.launch(learner);
     assert!(result.error.is_none(), "{:?}", result.error);
-    assert!(stab.take_error().is_none());
+    let error = stab.take_error();
+    assert!(error.is_none(), "{error:?}");
     Run {
         model: result.model,
         log,
@@ -376,4 +393,126 @@ fn with_gradient_accumulation_one_guarded_step_per_window_and_metrics_follow() {
             .collect();
         assert_eq!(innovation, expected, "epoch {epoch}");
     }
+}
+
+/// A guard configuration whose ladder climbs within a few rejections: restores, then ring
+/// rewinds and an optimizer reset.
+fn climbing_ladder() -> GuardConfig {
+    GuardConfig::default()
+        .with_verify_restores(true)
+        .with_controller(
+            ControllerConfig::default()
+                .with_epsilon(0.5)
+                .with_gradient_gate(false)
+                .with_drift_detection(false)
+                .with_ring(RingConfig { ages: vec![2, 4] })
+                .with_ladder(LadderConfig {
+                    enabled: true,
+                    rejections_per_rung: 2,
+                    rejection_window: 3,
+                    rungs: vec![
+                        Rung::Rewind,
+                        Rung::ResetOptimizer,
+                        Rung::Rewind,
+                        Rung::Rewind,
+                    ],
+                    cooldown: 4,
+                }),
+        )
+}
+
+/// Issue 20: the escalation ladder inside a `Learner`. A ×1000 learning rate for 6 steps drives
+/// restores, ring rewinds and an optimizer reset; at every step the `Learner`'s model and
+/// optimizer, and the step's report, are those of the same guarded run written as a plain loop
+/// (same initial network, batches, learning rate and fault), bit for bit on Flex.
+#[test]
+fn the_ladder_rewinds_inside_a_learner_exactly_as_in_a_plain_loop() {
+    if !stab_burn::training_device().is_ok_and(|d| d.name.contains("Flex")) {
+        eprintln!("skipped: a bit-for-bit comparison of two runs needs a deterministic backend");
+        return;
+    }
+    let device = common::training_device();
+    let initial = Net::new(&device)
+        .into_record()
+        .into_bytes()
+        .unwrap()
+        .to_vec();
+    let load = || {
+        let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(
+            initial.clone(),
+        ))
+        .unwrap();
+        Net::new(&device).load_record(record)
+    };
+    let items = 30;
+    let fault = || Fault::new(FaultKind::LearningRateScale { factor: 1000.0 }, 10, 6);
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_with(
+        dir.path(),
+        (items, 1, 1),
+        climbing_ladder(),
+        fault(),
+        load(),
+    );
+    let log = run.log.lock().unwrap();
+    assert_eq!(log.entries.len() as u64, items);
+
+    // The same run as a plain loop.
+    let plain = device.clone().inner();
+    let probe = Probe::new(
+        common::probe(&plain).batches().to_vec(),
+        |m: &Net, b: &Batch| common::loss(m, b),
+    )
+    .unwrap();
+    let mut net = load();
+    let mut probe = Some(probe);
+    let mut guard = None;
+    let faults = FaultSchedule::new(0).with(fault());
+    let mut actions = Vec::new();
+    for (t, entry) in log.entries.iter().enumerate() {
+        let t = t as u64;
+        let batch = batch(t * BATCH as u64, BATCH, &device);
+        let grads = GradientsParams::from_grads(common::loss(&net, &batch).backward(), &net);
+        // As `LearnerGuard` does: the guard is built at the first optimizer step, after that
+        // step's training forward has moved the running statistics (y₀ sees them).
+        let guard = guard.get_or_insert_with(|| {
+            Guard::builder(climbing_ladder())
+                .probe(probe.take().unwrap())
+                .build(&net, adamw())
+                .unwrap()
+        });
+        let out = guard.step(faults.lr(t, LR), net, grads).unwrap();
+        net = out.model;
+        let strip = |report: &StepReport| {
+            let mut report = report.clone();
+            report.timings = Default::default();
+            format!("{report:?}")
+        };
+        assert_eq!(strip(&entry.report), strip(&out.report), "step {t}");
+        assert_same_state(
+            &without_running_ids(&StateBytes::of(&net, guard.optimizer())),
+            &without_running_ids(&entry.after),
+        );
+        actions.push(out.report.action);
+    }
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, StepAction::Rewind { .. }))
+            && actions.contains(&StepAction::ResetOptimizer)
+            && actions.contains(&StepAction::Restore),
+        "the ladder climbed: {actions:?}"
+    );
+}
+
+/// A state without the ids of running statistics (each module gets its own; the values are
+/// compared).
+fn without_running_ids(state: &StateBytes) -> StateBytes {
+    let mut state = state.clone();
+    for tensor in &mut state.tensors {
+        if !tensor.2 {
+            tensor.0.clear();
+        }
+    }
+    state
 }
