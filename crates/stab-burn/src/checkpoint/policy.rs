@@ -248,10 +248,8 @@ impl Checkpointer {
     }
 }
 
-/// Whether two paths name the same directory (compared canonically when both exist).
+/// Whether two paths name the same existing directory (compared canonically). A path that does
+/// not exist holds no checkpoint to own, so it is never the resumed checkpoint's directory.
 fn same_directory(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    }
+    matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
 }
