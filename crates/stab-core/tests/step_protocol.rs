@@ -872,3 +872,29 @@ fn after_its_patience_the_update_gate_lets_an_outsized_update_through_clipped_to
     ));
     assert_eq!(sparse.update_clip(100.0), None);
 }
+
+#[test]
+fn current_fingerprint_is_the_one_recorded_for_the_last_accepted_state() {
+    let config = ControllerConfig::default();
+    let mut p = started(&config, Mode::Enforce, Some(1.0));
+    assert_eq!(p.current_fingerprint(), None, "nothing fingerprinted yet");
+    p.fingerprint_initial_state(41);
+    assert_eq!(p.current_fingerprint(), Some(41));
+    let commit = |p: &mut StepProtocol, y: f64, fingerprint: u64| {
+        p.begin_step(None).unwrap();
+        p.decide(Some(y)).unwrap();
+        p.complete(Completion {
+            fingerprint: Some(fingerprint),
+            restored_fingerprint: None,
+        })
+        .unwrap()
+    };
+    commit(&mut p, 0.99, 42);
+    assert_eq!(p.current_fingerprint(), Some(42));
+    // A rejected proposal leaves the last accepted state's fingerprint.
+    let done = commit(&mut p, 50.0, 42);
+    assert_eq!(done.action, Action::Restore);
+    assert_eq!(p.current_fingerprint(), Some(42));
+    commit(&mut p, 0.98, 43);
+    assert_eq!(p.current_fingerprint(), Some(43));
+}

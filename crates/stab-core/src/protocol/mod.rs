@@ -506,11 +506,10 @@ impl StepProtocol {
             return None;
         }
         let gate = self.update_gate.as_ref()?;
+        // A rejected finite norm lies above the ceiling, which is positive: the factor is in
+        // (0, 1).
         match gate.check(update_norm) {
-            GateVerdict::Reject { .. } => gate
-                .ceiling()
-                .map(|ceiling| ceiling / update_norm)
-                .filter(|factor| *factor > 0.0 && *factor < 1.0),
+            GateVerdict::Reject { .. } => gate.ceiling().map(|ceiling| ceiling / update_norm),
             GateVerdict::Pass => None,
         }
     }
