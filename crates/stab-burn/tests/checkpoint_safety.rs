@@ -6,7 +6,8 @@
 //! - a bit flip in any file of a checkpoint makes `latest` skip it, say why, and fall back;
 //! - a new run refuses a directory with checkpoints and removes nothing; a resumed run never
 //!   removes the newer checkpoints it skipped; only an explicit request discards them;
-//! - `latest` says why when nothing verifies, and a failing read is an error, not a skip.
+//! - `latest` says why when nothing verifies, and a failing read is an error, not a skip;
+//! - a resume with another configuration is refused, and nothing in the directory changes.
 
 mod common;
 
@@ -504,5 +505,32 @@ fn a_checkpoint_removed_by_hand_is_not_an_error_and_paths_are_compared_canonical
         ["step-000000000006", "step-000000000007", "sub"]
     );
     assert_eq!(checkpointer.owned().len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_resume_with_another_configuration_is_refused_and_nothing_is_lost() {
+    let dir = scratch("other-configuration");
+    two_checkpoints(&dir);
+    let before = snapshot(&dir);
+    let found = newest(&dir);
+    let device = common::training_device();
+    let error = Guard::builder(config(StoreKind::Device).with_epsilon(0.25))
+        .probe(probe(&device))
+        .resume::<Position>(&found, Net::new(&device), adamw())
+        .unwrap_err();
+    assert!(matches!(error, CheckpointError::Protocol { .. }), "{error}");
+    // Starting over there by mistake is refused as well; every file is as it was.
+    assert!(matches!(
+        Checkpointer::new(&dir, policy(1)).unwrap_err(),
+        CheckpointError::Occupied { .. }
+    ));
+    assert_eq!(snapshot(&dir), before);
+    // The right configuration still resumes from the newest one.
+    let resumed = Guard::builder(config(StoreKind::Device))
+        .probe(probe(&device))
+        .resume::<Position>(&found, Net::new(&device), adamw())
+        .unwrap();
+    assert_eq!(resumed.extra.next_batch, 6);
     let _ = std::fs::remove_dir_all(&dir);
 }
