@@ -342,6 +342,10 @@ pub enum GuardError {
         /// Time from handing the proposal to the probe thread until the guard gave up.
         waited: std::time::Duration,
     },
+    /// A checkpoint of the guard could not be written or resumed from (the `Learner`
+    /// integration writes and resumes them inside `TrainStep::optimize`).
+    #[error("guard checkpoint: {0}")]
+    Checkpoint(Box<crate::checkpoint::CheckpointError>),
 }
 
 impl From<StabError> for GuardError {

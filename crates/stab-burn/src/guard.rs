@@ -469,6 +469,21 @@ impl<M: Module + 'static> Guard<M> {
         result
     }
 
+    /// Runs `f` with `optim` lent in place of the guard's own optimizer, as
+    /// [`Guard::step_lent_with`] does for a step: for a checkpoint of a guard that is lent its
+    /// optimizer (the `Learner` integration).
+    #[cfg(feature = "train")]
+    pub(crate) fn with_lent_optimizer<R>(
+        &mut self,
+        optim: &mut ModuleOptimizer,
+        f: impl FnOnce(&Self) -> R,
+    ) -> R {
+        std::mem::swap(&mut self.optim, optim);
+        let result = f(self);
+        std::mem::swap(&mut self.optim, optim);
+        result
+    }
+
     /// Drops the state of the guard's own optimizer (keeps its configuration): for a guard that
     /// will only be lent optimizers ([`Guard::step_lent_with`]), so that its own copy does not
     /// keep the initial optimizer state alive.

@@ -25,9 +25,11 @@ use burn_train::{
     ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
 };
 use common::{Batch, Net, StateBytes, adamw, assert_same_state, batch};
+use stab_burn::checkpoint;
 use stab_burn::learner::{GuardMetricKind, LearnerGuard};
 use stab_burn::{
-    Fault, FaultKind, FaultSchedule, Guard, GuardConfig, Probe, StepAction, StepReport,
+    CheckpointPolicy, Checkpointer, Fault, FaultKind, FaultSchedule, Guard, GuardConfig, Probe,
+    StepAction, StepReport,
 };
 use stab_core::{ControllerConfig, LadderConfig, RingConfig, Rung};
 
@@ -171,16 +173,21 @@ fn run(dir: &Path, items: u64, epochs: usize, accumulation: usize, spike: (u64, 
         config,
         fault,
         Net::new(&device),
+        None,
     )
 }
 
-/// [`run`] with a guard configuration, a fault and an initial network of the caller's.
+/// [`run`] with a guard configuration, a fault and an initial network of the caller's, and,
+/// with `resumable = Some((steps_per_epoch, resume_from))`, checkpoints: the `Learner`'s own at
+/// every epoch's end, the guard's (`LearnerGuard::checkpoint_epochs`) under `dir/stab`, and a
+/// resume of both from epoch `resume_from` when it is given.
 fn run_with(
     dir: &Path,
     (items, epochs, accumulation): (u64, usize, usize),
     config: GuardConfig,
     fault: Fault,
     net: Net,
+    resumable: Option<(u64, Option<usize>)>,
 ) -> Run {
     let device = common::training_device();
     let plain = device.clone().inner();
@@ -199,7 +206,32 @@ fn run_with(
         common::loss(&m.net, b)
     })
     .unwrap();
-    stab.install(Guard::builder(config).probe(probe));
+    let builder = Guard::builder(config).probe(probe);
+    let policy = CheckpointPolicy {
+        every_accepted: 1,
+        keep: 2,
+        on_recovery: false,
+    };
+    let stab_dir = dir.join("stab");
+    match resumable {
+        None => stab.install(builder),
+        Some((steps_per_epoch, None)) => {
+            stab.install(builder);
+            let checkpointer = Checkpointer::new(&stab_dir, policy).unwrap();
+            stab.checkpoint_epochs(checkpointer, steps_per_epoch);
+        }
+        Some((steps_per_epoch, Some(epoch))) => {
+            let found = checkpoint::latest(&stab_dir)
+                .unwrap()
+                .expect("a guard checkpoint");
+            assert_eq!(found.extra::<u64>().unwrap(), epoch as u64);
+            let checkpointer = Checkpointer::resuming(&stab_dir, policy, &found).unwrap();
+            stab.install_resumed(builder, found);
+            stab.checkpoint_epochs(checkpointer, steps_per_epoch);
+            // The fault schedule counts optimizer steps from the start of the run.
+            log.lock().unwrap().calls = epoch as u64 * steps_per_epoch;
+        }
+    }
 
     let seeds: Vec<u64> = (0..items * BATCH as u64).collect();
     let train = DataLoaderBuilder::new(Seeds)
@@ -217,6 +249,12 @@ fn run_with(
         .with_application_logger(None);
     if accumulation > 1 {
         training = training.grads_accumulation(accumulation);
+    }
+    if let Some((_, resume_from)) = resumable {
+        training = training.with_default_checkpointers();
+        if let Some(epoch) = resume_from {
+            training = training.checkpoint(epoch);
+        }
     }
     let training = stab.register_accumulated(training, accumulation);
     let result = training.launch(learner);
@@ -453,6 +491,7 @@ fn the_ladder_rewinds_inside_a_learner_exactly_as_in_a_plain_loop() {
         climbing_ladder(),
         fault(),
         load(),
+        None,
     );
     let log = run.log.lock().unwrap();
     assert_eq!(log.entries.len() as u64, items);
@@ -515,4 +554,93 @@ fn without_running_ids(state: &StateBytes) -> StateBytes {
         }
     }
     state
+}
+
+/// Issue 20: a guarded `Learner` run killed after its first epoch and resumed (the `Learner`
+/// from its own checkpoint, the guard from the one `LearnerGuard::checkpoint_epochs` wrote)
+/// continues exactly: every step of the second epoch, with a ×1000 learning rate that drives
+/// restores, ring rewinds and an optimizer reset, has the report, parameters, running
+/// statistics and optimizer state of the uninterrupted run, bit for bit on Flex.
+#[test]
+fn a_learner_run_killed_after_an_epoch_resumes_exactly() {
+    if !stab_burn::training_device().is_ok_and(|d| d.name.contains("Flex")) {
+        eprintln!("skipped: a bit-for-bit comparison of two runs needs a deterministic backend");
+        return;
+    }
+    let device = common::training_device();
+    let initial = Net::new(&device)
+        .into_record()
+        .into_bytes()
+        .unwrap()
+        .to_vec();
+    let load = || {
+        let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(
+            initial.clone(),
+        ))
+        .unwrap();
+        Net::new(&device).load_record(record)
+    };
+    let items = 12;
+    let fault = || Fault::new(FaultKind::LearningRateScale { factor: 1000.0 }, 15, 6);
+    let config = climbing_ladder;
+
+    let whole = tempfile::tempdir().unwrap();
+    let uninterrupted = run_with(
+        whole.path(),
+        (items, 2, 1),
+        config(),
+        fault(),
+        load(),
+        Some((items, None)),
+    );
+    let killed = tempfile::tempdir().unwrap();
+    // The first process: one epoch, its checkpoints written, then gone.
+    drop(run_with(
+        killed.path(),
+        (items, 1, 1),
+        config(),
+        fault(),
+        load(),
+        Some((items, None)),
+    ));
+    // The second: built afresh (other initial values), resumed from epoch 1.
+    let resumed = run_with(
+        killed.path(),
+        (items, 2, 1),
+        config(),
+        fault(),
+        Net::new(&device),
+        Some((items, Some(1))),
+    );
+
+    let whole_log = uninterrupted.log.lock().unwrap();
+    let resumed_log = resumed.log.lock().unwrap();
+    let second_epoch = &whole_log.entries[items as usize..];
+    assert_eq!(resumed_log.entries.len(), second_epoch.len());
+    let strip = |report: &StepReport| {
+        let mut report = report.clone();
+        report.timings = Default::default();
+        format!("{report:?}")
+    };
+    for (expected, actual) in second_epoch.iter().zip(&resumed_log.entries) {
+        assert_eq!(expected.step, actual.step);
+        assert_eq!(
+            strip(&expected.report),
+            strip(&actual.report),
+            "step {}",
+            expected.step
+        );
+        assert_same_state(
+            &without_running_ids(&expected.after),
+            &without_running_ids(&actual.after),
+        );
+    }
+    let actions: Vec<StepAction> = second_epoch.iter().map(|e| e.report.action).collect();
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, StepAction::Rewind { .. }))
+            && actions.contains(&StepAction::Restore),
+        "the fault after the resume drove the ladder: {actions:?}"
+    );
 }

@@ -9,9 +9,11 @@ use burn_train::{Interrupter, LearnerModel, SupervisedTraining};
 
 use super::metrics::{GuardMetric, GuardMetricKind, GuardSample, SampleLog};
 use crate::builder::GuardBuilder;
+use crate::checkpoint::{Checkpoint, CheckpointError, Checkpointer};
 use crate::error::GuardError;
 use crate::guard::{Guard, StepInputs};
 use crate::report::StepReport;
+use crate::running_state::RunningStateSnapshot;
 
 /// What the handle holds: the guard (or the builder until the first step), the error that
 /// ended guarding, and where to report it.
@@ -20,14 +22,23 @@ enum Stage<M: Module> {
     Unguarded,
     /// Installed, built at the first step.
     Pending(Box<GuardBuilder<M>>),
+    /// Installed, rebuilt from a checkpoint at the first step.
+    Resuming(Box<GuardBuilder<M>>, Box<Checkpoint>),
     /// Guarding.
     Running(Box<Guard<M>>),
     /// A guard error ended guarding; the `Learner` has been asked to stop.
     Failed,
 }
 
+/// Where the handle writes the guard's checkpoints, and how many guarded steps an epoch has.
+struct EpochCheckpoints {
+    checkpointer: Checkpointer,
+    steps_per_epoch: u64,
+}
+
 struct Inner<M: Module> {
     stage: Stage<M>,
+    epochs: Option<EpochCheckpoints>,
     error: Option<GuardError>,
     interrupter: Option<Interrupter>,
     last_report: Option<StepReport>,
@@ -59,6 +70,7 @@ impl<M: Module> std::fmt::Debug for LearnerGuard<M> {
         let stage = match &inner.stage {
             Stage::Unguarded => "unguarded",
             Stage::Pending(_) => "pending",
+            Stage::Resuming(..) => "resuming",
             Stage::Running(_) => "running",
             Stage::Failed => "failed",
         };
@@ -80,6 +92,7 @@ impl<M: Module + 'static> LearnerGuard<M> {
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 stage: Stage::Unguarded,
+                epochs: None,
                 error: None,
                 interrupter: None,
                 last_report: None,
@@ -96,6 +109,40 @@ impl<M: Module + 'static> LearnerGuard<M> {
         inner.stage = Stage::Pending(Box::new(builder));
         inner.error = None;
         inner.last_report = None;
+    }
+
+    /// Guards the steps from now on with a guard rebuilt from `checkpoint` (one the handle wrote,
+    /// see [`LearnerGuard::checkpoint_epochs`]): its reference, detectors, counters, ladder and
+    /// every ring snapshot continue as if the run had never stopped. Resume the `Learner` from
+    /// its own checkpoint of the same epoch (`SupervisedTraining::checkpoint(epoch)`, the epoch
+    /// being [`Checkpoint::extra`] as a `u64`): at the next `optimize` call the handle checks
+    /// that the `Learner`'s parameters are the checkpoint's, and continues with the `Learner`'s
+    /// model and optimizer. `builder` gives the probe, observers and store as for
+    /// [`LearnerGuard::install`], and must carry the checkpoint's configuration.
+    ///
+    /// On a deterministic backend the resumed run's steps, parameters and optimizer state equal
+    /// the uninterrupted run's bit for bit (`tests/learner.rs`).
+    pub fn install_resumed(&self, builder: GuardBuilder<M>, checkpoint: Checkpoint) {
+        let mut inner = self.lock();
+        inner.stage = Stage::Resuming(Box::new(builder), Box::new(checkpoint));
+        inner.error = None;
+        inner.last_report = None;
+    }
+
+    /// Writes a checkpoint of the guard through `checkpointer` after every `steps_per_epoch`-th
+    /// guarded step (the last optimizer step of each epoch, when every epoch has
+    /// `steps_per_epoch` of them), with the number of epochs done as its extra value: the
+    /// state the `Learner` checkpoints at the end of that epoch, so that a run resumed from
+    /// both continues exactly ([`LearnerGuard::install_resumed`]). The `Learner`'s own
+    /// checkpoint holds the model, optimizer and scheduler; this one adds what only the guard
+    /// knows. A failed write ends guarding like any guard error (the step it follows is kept).
+    ///
+    /// `steps_per_epoch = 0` is taken as 1.
+    pub fn checkpoint_epochs(&self, checkpointer: Checkpointer, steps_per_epoch: u64) {
+        self.lock().epochs = Some(EpochCheckpoints {
+            checkpointer,
+            steps_per_epoch: steps_per_epoch.max(1),
+        });
     }
 
     /// Stops the `Learner` through `interrupter` when guarding fails (a guard error, or the
@@ -205,6 +252,15 @@ impl<M: Module + 'static> LearnerGuard<M> {
                     return model;
                 }
             },
+            Stage::Resuming(builder, checkpoint) => {
+                match Self::resume(*builder, &checkpoint, &model, optim) {
+                    Ok(guard) => Box::new(guard),
+                    Err(error) => {
+                        Self::fail(&mut inner, error);
+                        return model;
+                    }
+                }
+            }
         };
         // Parameters are immutable tensors behind `Arc`s: this clone copies no weights. It is
         // what `optimize` returns if the step fails without handing a model back, with the
@@ -219,7 +275,20 @@ impl<M: Module + 'static> LearnerGuard<M> {
                     .unwrap_or_else(PoisonError::into_inner)
                     .push(GuardSample::from_report(&step.report));
                 inner.last_report = Some(step.report);
-                inner.stage = Stage::Running(guard);
+                let written = match &mut inner.epochs {
+                    Some(epochs) if guard.next_step().is_multiple_of(epochs.steps_per_epoch) => {
+                        let epoch = guard.next_step() / epochs.steps_per_epoch;
+                        let checkpointer = &mut epochs.checkpointer;
+                        guard.with_lent_optimizer(optim, |guard| {
+                            checkpointer.write(guard, &step.model, &epoch).map(|_| ())
+                        })
+                    }
+                    _ => Ok(()),
+                };
+                match written {
+                    Ok(()) => inner.stage = Stage::Running(guard),
+                    Err(error) => Self::fail(&mut inner, GuardError::Checkpoint(Box::new(error))),
+                }
                 step.model
             }
             Err(error) => {
@@ -236,6 +305,51 @@ impl<M: Module + 'static> LearnerGuard<M> {
                 model
             }
         }
+    }
+
+    /// The guard of a resumed run: its state from `checkpoint`, its live model and optimizer
+    /// the `Learner`'s (which must have the checkpoint's parameters).
+    fn resume(
+        builder: GuardBuilder<M>,
+        checkpoint: &Checkpoint,
+        model: &M,
+        optim: &ModuleOptimizer,
+    ) -> Result<Guard<M>, GuardError> {
+        let error = |e: CheckpointError| GuardError::Checkpoint(Box::new(e));
+        // Loading the saved states writes their running statistics into the ones `model`
+        // shares with its clones; the Learner's, with this step's forward in them, go back after.
+        let forwarded = RunningStateSnapshot::capture(model);
+        let resumed = builder
+            .resume::<u64>(checkpoint, model.clone(), optim.clone())
+            .map_err(error)?;
+        forwarded
+            .restore(model.clone())
+            .map_err(|source| GuardError::Store {
+                operation: "restore the Learner's running statistics after a resume",
+                step: checkpoint.step(),
+                source,
+            })?;
+        // The Learner's running statistics have this step's forward in them, the checkpoint's
+        // do not; its parameters must be the checkpoint's exactly.
+        let difference = crate::signals::update_norm(&resumed.model, model).map_err(|source| {
+            GuardError::Signal {
+                step: checkpoint.step(),
+                source,
+            }
+        })?;
+        if difference != 0.0 {
+            return Err(error(CheckpointError::Record {
+                path: checkpoint.path().to_path_buf(),
+                message: format!(
+                    "the Learner's parameters differ from the checkpoint's (‖Δ‖ = {difference:e}): \
+                     resume the Learner from its checkpoint of epoch {}",
+                    resumed.extra
+                ),
+            }));
+        }
+        let mut guard = resumed.guard;
+        guard.clear_own_optimizer();
+        Ok(guard)
     }
 
     /// The report of the last guarded step.
