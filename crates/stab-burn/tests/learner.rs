@@ -644,3 +644,61 @@ fn a_learner_run_killed_after_an_epoch_resumes_exactly() {
         "the fault after the resume drove the ladder: {actions:?}"
     );
 }
+
+/// A guard checkpoint resumed beside a `Learner` that did not resume (other parameters) is
+/// refused at the first step with a typed error naming the checkpoint, and the `Learner` is
+/// stopped with its own model and optimizer untouched by the guard.
+#[test]
+fn a_guard_checkpoint_beside_another_learner_state_is_refused() {
+    let device = common::training_device();
+    let fault = || Fault::new(FaultKind::LearningRateScale { factor: 1000.0 }, 100, 1);
+    let dir = tempfile::tempdir().unwrap();
+    drop(run_with(
+        dir.path(),
+        (6, 1, 1),
+        climbing_ladder(),
+        fault(),
+        Net::new(&device),
+        Some((6, None)),
+    ));
+    // The guard resumes from epoch 1, the Learner starts from scratch (no `checkpoint(1)`).
+    let found = checkpoint::latest(&dir.path().join("stab"))
+        .unwrap()
+        .expect("a guard checkpoint");
+    let stab = LearnerGuard::<Guarded>::new();
+    let plain = device.clone().inner();
+    let probe = Probe::new(
+        common::probe(&plain).batches().to_vec(),
+        |m: &Guarded, b: &Batch| common::loss(&m.net, b),
+    )
+    .unwrap();
+    stab.install_resumed(Guard::builder(climbing_ladder()).probe(probe), found);
+    let interrupter = burn_train::Interrupter::new();
+    stab.stop_on_failure(interrupter.clone());
+    let model = Guarded {
+        net: Net::new(&device),
+        stab: stab.clone(),
+        log: Arc::default(),
+    };
+    let mut optim = adamw();
+    let grads = GradientsParams::from_grads(
+        common::loss(&model.net, &batch(0, BATCH, &device)).backward(),
+        &model,
+    );
+    // After the forward (its running statistics are the Learner's, and must stay).
+    let before = StateBytes::of(&model.net, &optim);
+    let after = stab.optimize(model, &mut optim, LR.into(), grads);
+    eprintln!(
+        "DBG stage {stab:?} report {:?}",
+        stab.last_report().map(|r| r.action)
+    );
+    let error = stab.take_error().expect("the resume is refused");
+    assert!(
+        matches!(&error, stab_burn::GuardError::Checkpoint(inner)
+            if matches!(**inner, stab_burn::CheckpointError::Record { .. })),
+        "{error}"
+    );
+    assert!(error.to_string().contains("resume the Learner"), "{error}");
+    assert!(interrupter.should_stop());
+    assert_same_state(&before, &StateBytes::of(&after.net, &optim));
+}

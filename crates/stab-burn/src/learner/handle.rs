@@ -330,19 +330,14 @@ impl<M: Module + 'static> LearnerGuard<M> {
                 source,
             })?;
         // The Learner's running statistics have this step's forward in them, the checkpoint's
-        // do not; its parameters must be the checkpoint's exactly.
-        let difference = crate::signals::update_norm(&resumed.model, model).map_err(|source| {
-            GuardError::Signal {
-                step: checkpoint.step(),
-                source,
-            }
-        })?;
-        if difference != 0.0 {
+        // do not; its parameters must be the checkpoint's exactly (compared in module order:
+        // a module built afresh has other parameter ids).
+        if let Some(name) = first_different_parameter(&resumed.model, model) {
             return Err(error(CheckpointError::Record {
                 path: checkpoint.path().to_path_buf(),
                 message: format!(
-                    "the Learner's parameters differ from the checkpoint's (‖Δ‖ = {difference:e}): \
-                     resume the Learner from its checkpoint of epoch {}",
+                    "the Learner's parameters differ from the checkpoint's (first: parameter \
+                     {name}): resume the Learner from its checkpoint of epoch {}",
                     resumed.extra
                 ),
             }));
@@ -385,4 +380,23 @@ impl<M: Module + 'static> LearnerGuard<M> {
     fn lock(&self) -> MutexGuard<'_, Inner<M>> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The position (in module order) of the first trainable parameter whose values differ between
+/// `a` and `b`, two modules of one structure, or that only one of them has.
+fn first_different_parameter<M: Module>(a: &M, b: &M) -> Option<usize> {
+    struct Values(Vec<burn::tensor::TensorData>);
+    impl burn::module::ModuleVisitor for Values {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<D>>,
+        ) {
+            self.0.push(param.val().into_data());
+        }
+    }
+    let (mut left, mut right) = (Values(Vec::new()), Values(Vec::new()));
+    a.visit(&mut left);
+    b.visit(&mut right);
+    let count = left.0.len().max(right.0.len());
+    (0..count).find(|&i| left.0.get(i) != right.0.get(i))
 }

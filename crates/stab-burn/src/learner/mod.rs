@@ -43,7 +43,8 @@
 //! The guarantees concern θ (parameters and running statistics) and O (optimizer state) only;
 //! the rest of the `Learner`'s state moves on, as in the loop API. `tests/learner.rs` checks the
 //! model and optimizer after every rollback, the scheduler and iteration count, gradient
-//! accumulation and the state a run ends on; the rewind and resume cases are not tested there.
+//! accumulation, the state a run ends on, a ladder climb (equal to the same run as a loop) and a
+//! resume after an epoch.
 //!
 //! - **Iteration counter**: counts the rejected step (it counts batches, not accepted updates).
 //! - **Learning-rate scheduler**: has already advanced when `optimize` runs (`lr_step` precedes
@@ -56,8 +57,12 @@
 //!   skips every batch since the restored snapshot).
 //! - **Checkpointing**: the `Learner` checkpoints its model and optimizer at the end of an epoch.
 //!   After a rejection both already *are* the restored state, so a rejected proposal is never
-//!   checkpointed. The guard itself (its reference ŷ, ladder and snapshots) is not in the
-//!   `Learner`'s checkpoint; a resumed run builds a new guard at the resumed state.
+//!   checkpointed. The guard itself (its reference ŷ, detectors, ladder and ring snapshots) is
+//!   not in the `Learner`'s checkpoint: [`LearnerGuard::checkpoint_epochs`] writes it beside, at
+//!   each epoch's last optimizer step, and [`LearnerGuard::install_resumed`] rebuilds the guard
+//!   from it when the `Learner` resumes from the same epoch (`SupervisedTraining::checkpoint`);
+//!   the resumed run then equals the uninterrupted one bit for bit on a deterministic backend
+//!   (`tests/learner.rs`). Without them, a resumed run builds a new guard at the resumed state.
 //! - **Metrics of the step**: the loss and accuracy the `Learner` reports for a rejected step are
 //!   those of the batch's forward pass at the accepted parameters, as for any step.
 //!
