@@ -661,6 +661,12 @@ fn a_guard_checkpoint_beside_another_learner_state_is_refused() {
         Net::new(&device),
         Some((6, None)),
     ));
+    // One guard checkpoint per epoch, at its last optimizer step.
+    let written: Vec<String> = std::fs::read_dir(dir.path().join("stab"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(written, ["step-000000000006"]);
     // The guard resumes from epoch 1, the Learner starts from scratch (no `checkpoint(1)`).
     let found = checkpoint::latest(&dir.path().join("stab"))
         .unwrap()
@@ -673,6 +679,10 @@ fn a_guard_checkpoint_beside_another_learner_state_is_refused() {
     )
     .unwrap();
     stab.install_resumed(Guard::builder(climbing_ladder()).probe(probe), found);
+    assert_eq!(
+        format!("{stab:?}"),
+        r#"LearnerGuard { stage: "resuming", .. }"#
+    );
     let interrupter = burn_train::Interrupter::new();
     stab.stop_on_failure(interrupter.clone());
     let model = Guarded {
@@ -700,5 +710,9 @@ fn a_guard_checkpoint_beside_another_learner_state_is_refused() {
     );
     assert!(error.to_string().contains("resume the Learner"), "{error}");
     assert!(interrupter.should_stop());
+    assert_eq!(
+        format!("{stab:?}"),
+        r#"LearnerGuard { stage: "failed", .. }"#
+    );
     assert_same_state(&before, &StateBytes::of(&after.net, &optim));
 }
