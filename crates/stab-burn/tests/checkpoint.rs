@@ -149,15 +149,6 @@ fn run_with_checkpoints(dir: &Path, keep: usize, steps: u64) -> Vec<u64> {
     written
 }
 
-fn checkpoint_dirs(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 #[test]
 fn the_newest_keep_checkpoints_are_kept_and_unfinished_writes_ignored() {
     let dir = scratch("keep");
@@ -167,7 +158,7 @@ fn the_newest_keep_checkpoints_are_kept_and_unfinished_writes_ignored() {
         .iter()
         .map(|s| format!("step-{s:012}"))
         .collect();
-    assert_eq!(checkpoint_dirs(&dir), newest);
+    assert_eq!(entry_names(&dir), newest);
 
     // A write killed half-way leaves a temporary directory: ignored.
     let unfinished = dir.join(".tmp-step-000000000099-1");
@@ -207,7 +198,7 @@ fn the_newest_keep_checkpoints_are_kept_and_unfinished_writes_ignored() {
     assert!(!unfinished.exists());
     let mut expected = newest[1..].to_vec();
     expected.push(format!("step-{:012}", info.step));
-    assert_eq!(checkpoint_dirs(&dir), expected);
+    assert_eq!(entry_names(&dir), expected);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

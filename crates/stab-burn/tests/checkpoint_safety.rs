@@ -71,15 +71,6 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 fn newest(dir: &Path) -> Checkpoint {
     checkpoint::latest(dir).unwrap().expect("a checkpoint")
 }
@@ -192,9 +183,9 @@ fn every_stage_is_crash_safe(
             let mut next = Checkpointer::resuming(&dir, policy(1), &found).unwrap();
             write(&mut next).unwrap();
             assert!(
-                names(&dir).iter().all(|n| !n.starts_with(".tmp-")),
+                entry_names(&dir).iter().all(|n| !n.starts_with(".tmp-")),
                 "{:?}",
-                names(&dir)
+                entry_names(&dir)
             );
             assert_eq!(newest(&dir).step(), new_step);
             let _ = std::fs::remove_dir_all(&dir);
@@ -251,7 +242,7 @@ fn every_stage_of_a_rewrite_of_the_same_step_leaves_a_good_checkpoint_of_it() {
         .write(&guard, &model, &Position { next_batch: 6 })
         .unwrap();
     assert!(info.path.ends_with("step-000000000006.1"), "{info:?}");
-    assert_eq!(names(&dir), ["step-000000000006.1"]);
+    assert_eq!(entry_names(&dir), ["step-000000000006.1"]);
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -270,7 +261,7 @@ fn a_bit_flip_in_any_file_is_skipped_with_its_reason_and_the_older_checkpoint_re
     let newer = checkpointer
         .write(&guard, &model, &Position { next_batch: 7 })
         .unwrap();
-    let files = names(&newer.path);
+    let files = entry_names(&newer.path);
     assert!(files.len() >= 6, "{files:?}");
     for file in &files {
         let dir = root.join(format!("flip-{file}"));
@@ -364,7 +355,7 @@ fn a_fresh_start_refuses_a_directory_with_checkpoints_and_removes_nothing() {
         .checkpoint_to(&model, &dir, &Position { next_batch: 6 })
         .unwrap();
     assert_eq!(
-        names(&dir),
+        entry_names(&dir),
         [
             "step-000000000003",
             "step-000000000006",
@@ -374,12 +365,12 @@ fn a_fresh_start_refuses_a_directory_with_checkpoints_and_removes_nothing() {
 
     // Only an explicit request discards them.
     let mut discarding = Checkpointer::discarding_existing(&dir, policy(1)).unwrap();
-    assert!(names(&dir).is_empty(), "{:?}", names(&dir));
+    assert!(entry_names(&dir).is_empty(), "{:?}", entry_names(&dir));
     assert!(discarding.owned().is_empty());
     discarding
         .write(&guard, &model, &Position { next_batch: 6 })
         .unwrap();
-    assert_eq!(names(&dir), ["step-000000000006"]);
+    assert_eq!(entry_names(&dir), ["step-000000000006"]);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&elsewhere);
 }
@@ -415,7 +406,10 @@ fn a_resumed_run_keeps_the_newer_checkpoints_it_skipped() {
     }
     // Its own checkpoints rotate (keep = 1); the damaged one it never wrote is untouched, and
     // its own checkpoint of step 6 went beside it.
-    assert_eq!(names(&dir), ["step-000000000006", "step-000000000008"]);
+    assert_eq!(
+        entry_names(&dir),
+        ["step-000000000006", "step-000000000008"]
+    );
     assert_eq!(snapshot(&dir.join("step-000000000006")), damaged_before);
     let found = newest(&dir);
     assert_eq!(found.step(), 8);
@@ -501,7 +495,7 @@ fn a_checkpoint_removed_by_hand_is_not_an_error_and_paths_are_compared_canonical
         .write(&guard, &model, &Position { next_batch: 7 })
         .unwrap();
     assert_eq!(
-        names(&dir),
+        entry_names(&dir),
         ["step-000000000006", "step-000000000007", "sub"]
     );
     assert_eq!(checkpointer.owned().len(), 2);

@@ -24,14 +24,13 @@ use burn::tensor::activation::log_softmax;
 use burn_train::{
     ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
 };
-use common::{Batch, Net, StateBytes, adamw, assert_same_state, batch};
+use common::{Batch, Net, StateBytes, adamw, assert_same_state, batch, checkpointing};
 use stab_burn::checkpoint;
 use stab_burn::learner::{GuardMetricKind, LearnerGuard};
 use stab_burn::{
     CheckpointPolicy, Checkpointer, Fault, FaultKind, FaultSchedule, Guard, GuardConfig, Probe,
-    StepAction, StepReport,
+    StepAction, StepReport, StoreKind,
 };
-use stab_core::{ControllerConfig, LadderConfig, RingConfig, Rung};
 
 const LR: f64 = 0.01;
 const BATCH: usize = 8;
@@ -433,30 +432,13 @@ fn with_gradient_accumulation_one_guarded_step_per_window_and_metrics_follow() {
     }
 }
 
-/// A guard configuration whose ladder climbs within a few rejections: restores, then ring
-/// rewinds and an optimizer reset.
+/// A guard configuration whose ladder climbs within a few rejections (restores, then ring
+/// rewinds and an optimizer reset): the checkpoint tests' fixture, with the absolute ε of
+/// [`run`] and no drift detector.
 fn climbing_ladder() -> GuardConfig {
-    GuardConfig::default()
-        .with_verify_restores(true)
-        .with_controller(
-            ControllerConfig::default()
-                .with_epsilon(0.5)
-                .with_gradient_gate(false)
-                .with_drift_detection(false)
-                .with_ring(RingConfig { ages: vec![2, 4] })
-                .with_ladder(LadderConfig {
-                    enabled: true,
-                    rejections_per_rung: 2,
-                    rejection_window: 3,
-                    rungs: vec![
-                        Rung::Rewind,
-                        Rung::ResetOptimizer,
-                        Rung::Rewind,
-                        Rung::Rewind,
-                    ],
-                    cooldown: 4,
-                }),
-        )
+    checkpointing::config(StoreKind::Device)
+        .with_epsilon(0.5)
+        .with_drift_detection(false)
 }
 
 /// Issue 20: the escalation ladder inside a `Learner`. A ×1000 learning rate for 6 steps drives
@@ -465,23 +447,13 @@ fn climbing_ladder() -> GuardConfig {
 /// (same initial network, batches, learning rate and fault), bit for bit on Flex.
 #[test]
 fn the_ladder_rewinds_inside_a_learner_exactly_as_in_a_plain_loop() {
-    if !stab_burn::training_device().is_ok_and(|d| d.name.contains("Flex")) {
+    if !checkpointing::deterministic_backend() {
         eprintln!("skipped: a bit-for-bit comparison of two runs needs a deterministic backend");
         return;
     }
     let device = common::training_device();
-    let initial = Net::new(&device)
-        .into_record()
-        .into_bytes()
-        .unwrap()
-        .to_vec();
-    let load = || {
-        let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(
-            initial.clone(),
-        ))
-        .unwrap();
-        Net::new(&device).load_record(record)
-    };
+    let initial = checkpointing::initial_record();
+    let load = || checkpointing::initial_model(&initial);
     let items = 30;
     let fault = || Fault::new(FaultKind::LearningRateScale { factor: 1000.0 }, 10, 6);
     let dir = tempfile::tempdir().unwrap();
@@ -529,8 +501,8 @@ fn the_ladder_rewinds_inside_a_learner_exactly_as_in_a_plain_loop() {
         };
         assert_eq!(strip(&entry.report), strip(&out.report), "step {t}");
         assert_same_state(
-            &without_running_ids(&StateBytes::of(&net, guard.optimizer())),
-            &without_running_ids(&entry.after),
+            &checkpointing::comparable(&StateBytes::of(&net, guard.optimizer())),
+            &checkpointing::comparable(&entry.after),
         );
         actions.push(out.report.action);
     }
@@ -544,18 +516,6 @@ fn the_ladder_rewinds_inside_a_learner_exactly_as_in_a_plain_loop() {
     );
 }
 
-/// A state without the ids of running statistics (each module gets its own; the values are
-/// compared).
-fn without_running_ids(state: &StateBytes) -> StateBytes {
-    let mut state = state.clone();
-    for tensor in &mut state.tensors {
-        if !tensor.2 {
-            tensor.0.clear();
-        }
-    }
-    state
-}
-
 /// Issue 20: a guarded `Learner` run killed after its first epoch and resumed (the `Learner`
 /// from its own checkpoint, the guard from the one `LearnerGuard::checkpoint_epochs` wrote)
 /// continues exactly: every step of the second epoch, with a ×1000 learning rate that drives
@@ -563,23 +523,13 @@ fn without_running_ids(state: &StateBytes) -> StateBytes {
 /// statistics and optimizer state of the uninterrupted run, bit for bit on Flex.
 #[test]
 fn a_learner_run_killed_after_an_epoch_resumes_exactly() {
-    if !stab_burn::training_device().is_ok_and(|d| d.name.contains("Flex")) {
+    if !checkpointing::deterministic_backend() {
         eprintln!("skipped: a bit-for-bit comparison of two runs needs a deterministic backend");
         return;
     }
     let device = common::training_device();
-    let initial = Net::new(&device)
-        .into_record()
-        .into_bytes()
-        .unwrap()
-        .to_vec();
-    let load = || {
-        let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(
-            initial.clone(),
-        ))
-        .unwrap();
-        Net::new(&device).load_record(record)
-    };
+    let initial = checkpointing::initial_record();
+    let load = || checkpointing::initial_model(&initial);
     let items = 12;
     let fault = || Fault::new(FaultKind::LearningRateScale { factor: 1000.0 }, 15, 6);
     let config = climbing_ladder;
@@ -631,8 +581,8 @@ fn a_learner_run_killed_after_an_epoch_resumes_exactly() {
             expected.step
         );
         assert_same_state(
-            &without_running_ids(&expected.after),
-            &without_running_ids(&actual.after),
+            &checkpointing::comparable(&expected.after),
+            &checkpointing::comparable(&actual.after),
         );
     }
     let actions: Vec<StepAction> = second_epoch.iter().map(|e| e.report.action).collect();

@@ -1,7 +1,7 @@
 //! Fixtures of the checkpoint tests: a guarded run with a NaN fault that drives restores, ring
 //! rewinds and an optimizer reset, from one fixed initial model.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::store::ModuleRecord;
@@ -129,4 +129,14 @@ pub fn fresh_from(store: StoreKind, record: &[u8]) -> (Guard<Net>, Net) {
         .build(&model, adamw())
         .unwrap();
     (guard, model)
+}
+
+/// The names of the entries of `dir`, sorted.
+pub fn entry_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
