@@ -463,20 +463,16 @@ impl<M: Module + 'static> Guard<M> {
         grads: GradientsParams,
         inputs: StepInputs,
     ) -> Result<GuardedStep<M>, GuardError> {
-        std::mem::swap(&mut self.optim, optim);
-        let result = self.step_with(lr, model, grads, inputs);
-        std::mem::swap(&mut self.optim, optim);
-        result
+        self.with_lent_optimizer(optim, |guard| guard.step_with(lr, model, grads, inputs))
     }
 
-    /// Runs `f` with `optim` lent in place of the guard's own optimizer, as
-    /// [`Guard::step_lent_with`] does for a step: for a checkpoint of a guard that is lent its
-    /// optimizer (the `Learner` integration).
-    #[cfg(feature = "train")]
+    /// Runs `f` with `optim` lent in place of the guard's own optimizer, swapped back out after:
+    /// a step ([`Guard::step_lent_with`]) or a checkpoint (the `Learner` integration) of a guard
+    /// that is lent its optimizer.
     pub(crate) fn with_lent_optimizer<R>(
         &mut self,
         optim: &mut ModuleOptimizer,
-        f: impl FnOnce(&Self) -> R,
+        f: impl FnOnce(&mut Self) -> R,
     ) -> R {
         std::mem::swap(&mut self.optim, optim);
         let result = f(self);

@@ -287,13 +287,7 @@ impl<M: Module + 'static> OverlappedGuard<M> {
         dir: &Path,
         extra: &E,
     ) -> Result<OverlappedCheckpoint<M>, GuardError> {
-        let OverlappedStep { model, decided } = self.settle_in_flight(model)?;
-        let written = self.guard.checkpoint_to(&model, dir, extra);
-        Ok(OverlappedCheckpoint {
-            model,
-            decided,
-            written,
-        })
+        self.settle_and_write(model, |guard, model| guard.checkpoint_to(model, dir, extra))
     }
 
     /// [`OverlappedGuard::checkpoint_to`] through a [`Checkpointer`], which keeps the newest
@@ -308,8 +302,20 @@ impl<M: Module + 'static> OverlappedGuard<M> {
         checkpointer: &mut Checkpointer,
         extra: &E,
     ) -> Result<OverlappedCheckpoint<M>, GuardError> {
+        self.settle_and_write(model, |guard, model| {
+            checkpointer.write(guard, model, extra)
+        })
+    }
+
+    /// Decides the proposal in flight, then writes with `write`; a failed write is returned
+    /// beside the model to continue from.
+    fn settle_and_write(
+        &mut self,
+        model: M,
+        write: impl FnOnce(&Guard<M>, &M) -> Result<CheckpointInfo, CheckpointError>,
+    ) -> Result<OverlappedCheckpoint<M>, GuardError> {
         let OverlappedStep { model, decided } = self.settle_in_flight(model)?;
-        let written = checkpointer.write(&self.guard, &model, extra);
+        let written = write(&self.guard, &model);
         Ok(OverlappedCheckpoint {
             model,
             decided,

@@ -44,15 +44,19 @@ fn refuse_interrupted_checkpoints(out: &Path) -> Result<(), XtaskError> {
     };
     let mut found = Vec::new();
     for run in runs.flatten() {
-        let written = stab_burn::checkpoint::verify_all(&run.path()).map_err(|e| {
-            XtaskError::InvalidSetting {
-                field: "--out",
-                value: out.display().to_string(),
-                why: format!("its checkpoints cannot be listed: {e}"),
+        // The checkpointer's own occupancy check: it lists the checkpoints without reading them.
+        match stab_burn::Checkpointer::new(run.path(), stab_burn::CheckpointPolicy::default()) {
+            Ok(_) => {}
+            Err(stab_burn::CheckpointError::Occupied { .. }) => {
+                found.push(run.file_name().to_string_lossy().into_owned());
             }
-        })?;
-        if !written.is_empty() {
-            found.push(run.file_name().to_string_lossy().into_owned());
+            Err(e) => {
+                return Err(XtaskError::InvalidSetting {
+                    field: "--out",
+                    value: out.display().to_string(),
+                    why: format!("its checkpoints cannot be listed: {e}"),
+                });
+            }
         }
     }
     if found.is_empty() {
