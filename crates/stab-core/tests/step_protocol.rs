@@ -898,3 +898,114 @@ fn current_fingerprint_is_the_one_recorded_for_the_last_accepted_state() {
     commit(&mut p, 0.98, 43);
     assert_eq!(p.current_fingerprint(), Some(43));
 }
+
+/// A protocol whose ladder resets the optimizer at the second counted rejection, whose update gate
+/// has patience 3 and restarts after 2 let-throughs, with three nominal updates (norm 1) accepted.
+fn ladder_beside_the_update_gate() -> StepProtocol {
+    let config = ControllerConfig::default()
+        .with_update_gate(GateConfig {
+            patience: 3,
+            restart_after: 2,
+            ..GateConfig::default()
+        })
+        .with_ladder(LadderConfig {
+            enabled: true,
+            rejections_per_rung: 2,
+            rejection_window: 2,
+            rungs: vec![Rung::ResetOptimizer, Rung::ResetOptimizer],
+            cooldown: 50,
+        });
+    let mut p = StepProtocol::new(&config, Mode::Enforce, Some(1.0))
+        .unwrap()
+        .with_optimizer_reset(true);
+    p.start().unwrap();
+    p.complete(Completion::default()).unwrap();
+    for _ in 0..3 {
+        let (d, _) = measured_update(&mut p, 0.99, Some(1.0));
+        assert!(matches!(d, Directive::Commit(_)));
+    }
+    p
+}
+
+#[test]
+fn a_rejected_outsized_update_is_restored_without_climbing_the_ladder_while_the_patience_lasts() {
+    // The probe rejects (y = 50) proposals whose update is 100× the accepted ones: a bad
+    // proposal from a healthy state. The patience's three are restored, the ladder untouched,
+    // whether the probe or the update gate rejects them.
+    let mut p = ladder_beside_the_update_gate();
+    for (y, reason) in [(50.0, "the probe"), (0.99, "the update gate"), (50.0, "the probe")] {
+        let (d, done) = measured_update(&mut p, y, Some(100.0));
+        assert_eq!(d, Directive::Restore, "rejected by {reason}");
+        assert_eq!(done.action, Action::Restore);
+        assert_eq!(p.ladder_level(), 0, "rejected by {reason}: no rung");
+    }
+    assert_eq!(p.counters().escalations, 0);
+    assert_eq!(p.counters().optimizer_resets, 0);
+    // Patience spent: the next one is let through, clipped, and the probe's rejection of it
+    // counts; the streak starts over, so the one after is the gate's again.
+    assert!(matches!(
+        p.begin_step(None).unwrap(),
+        StepPlan::Propose { measure: true }
+    ));
+    assert_eq!(p.update_clip(100.0), Some(0.08), "8 × median 1 over 100");
+    assert_eq!(
+        p.decide_with_update(Some(50.0), Some(100.0)).unwrap(),
+        Directive::Restore
+    );
+    p.complete(Completion::default()).unwrap();
+    let (d, _) = measured_update(&mut p, 50.0, Some(100.0));
+    assert_eq!(d, Directive::Restore, "the gate's own again: not counted");
+    assert_eq!(p.ladder_level(), 0, "one counted rejection of two");
+    // A nominal-sized proposal the probe rejects is the state's problem: it counts, and with
+    // the let-through's rejection before it the rung fires.
+    let (d, _) = measured_update(&mut p, 50.0, Some(1.0));
+    assert_eq!(d, Directive::ResetOptimizer);
+    assert_eq!(p.ladder_level(), 1);
+}
+
+#[test]
+fn without_an_outsized_update_two_probe_rejections_climb_the_ladder() {
+    // The same rejections with nominal update norms (or none): each one counts.
+    for update in [Some(1.0), None] {
+        let mut p = ladder_beside_the_update_gate();
+        let (d, _) = measured_update(&mut p, 50.0, update);
+        assert_eq!(d, Directive::Restore, "{update:?}");
+        let (d, _) = measured_update(&mut p, 50.0, update);
+        assert_eq!(d, Directive::ResetOptimizer, "{update:?}");
+    }
+}
+
+#[test]
+fn let_throughs_the_probe_rejects_still_count_toward_the_update_gates_restart() {
+    // A lasting ×100 change of update size that the probe rejects even clipped: after
+    // `restart_after` (2) let-throughs the gate starts over, so the ladder is not held off for
+    // good, and it fires on the counted rejections.
+    let mut p = ladder_beside_the_update_gate();
+    let mut counted = 0;
+    for _ in 0..2 {
+        for _ in 0..3 {
+            let (d, _) = measured_update(&mut p, 50.0, Some(100.0));
+            assert_eq!(d, Directive::Restore, "within the patience");
+        }
+        let (d, _) = measured_update(&mut p, 50.0, Some(100.0));
+        counted += 1;
+        assert_eq!(
+            d,
+            if counted == 2 {
+                Directive::ResetOptimizer
+            } else {
+                Directive::Restore
+            },
+            "let-through {counted}: counted by the ladder"
+        );
+    }
+    // The gate started over with no history: the same proposals are now the probe's alone and
+    // every one counts, up the last rung and to the stop.
+    let (d, _) = measured_update(&mut p, 50.0, Some(100.0));
+    assert_eq!(d, Directive::Restore);
+    let (d, _) = measured_update(&mut p, 50.0, Some(100.0));
+    assert_eq!(d, Directive::ResetOptimizer, "second rung");
+    measured_update(&mut p, 50.0, Some(100.0));
+    let (d, _) = measured_update(&mut p, 50.0, Some(100.0));
+    assert_eq!(d, Directive::Stop, "the ladder ran out: the run is not held off for good");
+}

@@ -557,10 +557,13 @@ impl StepProtocol {
         let (innovation, mut decision) = controller.evaluate(y);
         let position = step + 1;
         let escalation = self.ladder.level();
-        let mut update_gated = false;
-        if decision.is_accepted()
-            && let (Some(norm), Some(gate)) = (update_norm, self.update_gate.as_mut())
-        {
+        // Whether this proposal's update is outsized (the update gate rejects its norm) while the
+        // gate's patience lasts: then a rejection, the gate's own or the probe's, is the
+        // proposal's fault and not the state's, and it is restored without climbing the ladder
+        // (a rewind would only give away progress of a healthy state). The patience bounds such
+        // runs; after it the update is let through clipped and the probe decides.
+        let mut update_outsized = false;
+        if let (Some(norm), Some(gate)) = (update_norm, self.update_gate.as_mut()) {
             match gate.check(norm) {
                 GateVerdict::Pass => self.update_passes = 0,
                 GateVerdict::Reject {
@@ -569,19 +572,22 @@ impl StepProtocol {
                     limit,
                     test,
                 } if self.update_streak < self.config.update_gate.patience => {
-                    update_gated = true;
-                    decision = Decision::Rejected {
-                        reason: RejectionReason::UpdateGate {
-                            norm,
-                            score,
-                            limit,
-                            test,
-                        },
-                    };
+                    update_outsized = true;
+                    if decision.is_accepted() {
+                        decision = Decision::Rejected {
+                            reason: RejectionReason::UpdateGate {
+                                norm,
+                                score,
+                                limit,
+                                test,
+                            },
+                        };
+                    }
                 }
                 GateVerdict::Reject { .. } => {
-                    // Patience spent: the probe decides. After `restart_after` such steps in a
-                    // row the update sizes changed for good.
+                    // Patience spent: let through (clipped by the driver), the probe decides.
+                    // After `restart_after` such steps in a row, whatever the probe said of
+                    // them, the update sizes changed for good.
                     self.update_passes += 1;
                     if self.update_passes >= self.config.update_gate.restart_after {
                         gate.restart();
@@ -590,7 +596,7 @@ impl StepProtocol {
                 }
             }
         }
-        self.update_streak = if update_gated {
+        self.update_streak = if update_outsized {
             self.update_streak + 1
         } else {
             0
@@ -645,6 +651,9 @@ impl StepProtocol {
         if accepted {
             self.ladder.on_accept();
             return Ok(self.commit_directive(Action::Commit, Some(record)));
+        }
+        if update_outsized {
+            return Ok(self.restore(record));
         }
         Ok(self.recover(record))
     }
