@@ -938,6 +938,9 @@ fn a_rejected_outsized_update_is_restored_without_climbing_the_ladder_while_the_
         assert_eq!(d, Directive::Restore, "rejected by {reason}");
         assert_eq!(done.action, Action::Restore);
         assert_eq!(p.ladder_level(), 0, "rejected by {reason}: no rung");
+        // The record names the rule that rejected it: the probe's own, when it did.
+        let gate_named = update_gate_reason(&done).is_some();
+        assert_eq!(gate_named, reason == "the update gate", "{reason}");
     }
     assert_eq!(p.counters().escalations, 0);
     assert_eq!(p.counters().optimizer_resets, 0);
