@@ -146,7 +146,10 @@
 //!   Without help its build script downloads LibTorch, which fails on a machine without network:
 //!   point `LIBTORCH` at an unpacked LibTorch 2.9.0 (`LIBTORCH=/opt/libtorch`, and
 //!   `LD_LIBRARY_PATH=$LIBTORCH/lib` at run time), or set `LIBTORCH_USE_PYTORCH=1` to use the
-//!   LibTorch inside an installed PyTorch 2.9.0 (`pip install torch==2.9.0`).
+//!   LibTorch inside an installed PyTorch 2.9.0 (`pip install torch==2.9.0`). The workspace's
+//!   `scripts/libtorch.sh` does the latter in a virtual environment outside the clone and runs a
+//!   command with the variables set: `BURN_DEVICE=tch scripts/libtorch.sh run cargo test -p
+//!   stab-burn --features tch --tests`.
 #![warn(missing_docs)]
 
 mod builder;

@@ -933,7 +933,11 @@ fn a_rejected_outsized_update_is_restored_without_climbing_the_ladder_while_the_
     // proposal from a healthy state. The patience's three are restored, the ladder untouched,
     // whether the probe or the update gate rejects them.
     let mut p = ladder_beside_the_update_gate();
-    for (y, reason) in [(50.0, "the probe"), (0.99, "the update gate"), (50.0, "the probe")] {
+    for (y, reason) in [
+        (50.0, "the probe"),
+        (0.99, "the update gate"),
+        (50.0, "the probe"),
+    ] {
         let (d, done) = measured_update(&mut p, y, Some(100.0));
         assert_eq!(d, Directive::Restore, "rejected by {reason}");
         assert_eq!(done.action, Action::Restore);
@@ -1010,5 +1014,23 @@ fn let_throughs_the_probe_rejects_still_count_toward_the_update_gates_restart() 
     assert_eq!(d, Directive::ResetOptimizer, "second rung");
     measured_update(&mut p, 50.0, Some(100.0));
     let (d, _) = measured_update(&mut p, 50.0, Some(100.0));
-    assert_eq!(d, Directive::Stop, "the ladder ran out: the run is not held off for good");
+    assert_eq!(
+        d,
+        Directive::Stop,
+        "the ladder ran out: the run is not held off for good"
+    );
+}
+
+#[test]
+fn a_non_finite_update_climbs_the_ladder_as_any_non_finite_proposal_does() {
+    // A NaN update says nothing about the state it came from being healthy: rejected by the
+    // probe, or by the update gate when the probe did not, it is counted by the ladder.
+    for (y, by) in [(50.0, "the probe"), (0.99, "the update gate")] {
+        let mut p = ladder_beside_the_update_gate();
+        let (d, done) = measured_update(&mut p, y, Some(f64::NAN));
+        assert_eq!(d, Directive::Restore, "{by}");
+        assert_eq!(update_gate_reason(&done).is_some(), by == "the update gate");
+        let (d, _) = measured_update(&mut p, y, Some(f64::NAN));
+        assert_eq!(d, Directive::ResetOptimizer, "rejected by {by}: counted");
+    }
 }

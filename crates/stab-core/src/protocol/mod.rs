@@ -557,13 +557,17 @@ impl StepProtocol {
         let (innovation, mut decision) = controller.evaluate(y);
         let position = step + 1;
         let escalation = self.ladder.level();
-        // Whether this proposal's update is outsized (the update gate rejects its norm) while the
-        // gate's patience lasts: then a rejection, the gate's own or the probe's, is the
-        // proposal's fault and not the state's, and it is restored without climbing the ladder
-        // (a rewind would only give away progress of a healthy state). The patience bounds such
-        // runs; after it the update is let through clipped and the probe decides.
-        let mut update_outsized = false;
-        if let (Some(norm), Some(gate)) = (update_norm, self.update_gate.as_mut()) {
+        // A finite update the update gate finds outsized while its patience lasts makes a
+        // rejection, the gate's own or the probe's, the proposal's fault and not the state's: it
+        // is restored without climbing the ladder (a rewind would only give away progress of a
+        // healthy state). The patience bounds such runs; after it the update is let through
+        // clipped and the probe decides. A non-finite update is judged as before: the gate
+        // rejects it only when the probe did not, and the ladder counts it.
+        let mut update_gated = false;
+        let mut proposal_at_fault = false;
+        if let (Some(norm), Some(gate)) = (update_norm, self.update_gate.as_mut())
+            && (decision.is_accepted() || norm.is_finite())
+        {
             match gate.check(norm) {
                 GateVerdict::Pass => self.update_passes = 0,
                 GateVerdict::Reject {
@@ -572,7 +576,8 @@ impl StepProtocol {
                     limit,
                     test,
                 } if self.update_streak < self.config.update_gate.patience => {
-                    update_outsized = true;
+                    update_gated = true;
+                    proposal_at_fault = norm.is_finite();
                     if decision.is_accepted() {
                         decision = Decision::Rejected {
                             reason: RejectionReason::UpdateGate {
@@ -596,7 +601,7 @@ impl StepProtocol {
                 }
             }
         }
-        self.update_streak = if update_outsized {
+        self.update_streak = if update_gated {
             self.update_streak + 1
         } else {
             0
@@ -652,7 +657,7 @@ impl StepProtocol {
             self.ladder.on_accept();
             return Ok(self.commit_directive(Action::Commit, Some(record)));
         }
-        if update_outsized {
+        if proposal_at_fault {
             return Ok(self.restore(record));
         }
         Ok(self.recover(record))
