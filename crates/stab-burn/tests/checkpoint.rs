@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::checkpointing::*;
-use common::{Net, StateBytes, adamw, batch, grads, probe};
+use common::{Net, StateBytes, adamw, batch, deterministic_backend, grads, probe};
 use stab_burn::checkpoint::{self, CHECKPOINT_FORMAT_VERSION};
 use stab_burn::{CheckpointError, CheckpointPolicy, Checkpointer, Guard, StepAction, StoreKind};
 use stab_core::ProtocolStateError;
@@ -496,7 +496,9 @@ fn records(dir: &Path) -> std::collections::BTreeMap<u64, Vec<String>> {
 fn a_run_killed_at_chosen_points_resumes_exactly() {
     use std::io::BufRead;
     if !deterministic_backend() {
-        eprintln!("skipped: bit-identical replay needs a deterministic backend (Flex)");
+        eprintln!(
+            "skipped: bit-identical replay needs a deterministic backend (Flex, LibTorch CPU)"
+        );
         return;
     }
     let root = scratch("killed");

@@ -20,6 +20,7 @@ fn training_device_follows_burn_device_and_names_the_backend() {
     match selected.requested.as_deref() {
         None | Some("flex") => assert!(selected.name.starts_with("Flex"), "{}", selected.name),
         Some("wgpu") => assert!(selected.name.contains("Wgpu"), "{}", selected.name),
+        Some("tch") => assert!(selected.name.contains("LibTorch"), "{}", selected.name),
         Some(_) => {}
     }
 }

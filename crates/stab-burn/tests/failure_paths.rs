@@ -447,10 +447,7 @@ fn a_failed_probe_in_observe_mode_hands_back_the_proposal() {
     // probe works continues from (not the initial state, the only one such a guard saves).
     let (outcome, expected) = observed_run(probe(&device));
     assert!(outcome.is_ok());
-    let flex = stab_burn::training_device()
-        .map(|d| d.name.contains("Flex"))
-        .unwrap_or(false);
-    if flex {
+    if common::deterministic_backend() {
         assert_same_state(&expected, &handed);
     }
 }

@@ -447,7 +447,7 @@ fn climbing_ladder() -> GuardConfig {
 /// (same initial network, batches, learning rate and fault), bit for bit on Flex.
 #[test]
 fn the_ladder_rewinds_inside_a_learner_exactly_as_in_a_plain_loop() {
-    if !checkpointing::deterministic_backend() {
+    if !common::deterministic_backend() {
         eprintln!("skipped: a bit-for-bit comparison of two runs needs a deterministic backend");
         return;
     }
@@ -523,7 +523,7 @@ fn the_ladder_rewinds_inside_a_learner_exactly_as_in_a_plain_loop() {
 /// statistics and optimizer state of the uninterrupted run, bit for bit on Flex.
 #[test]
 fn a_learner_run_killed_after_an_epoch_resumes_exactly() {
-    if !checkpointing::deterministic_backend() {
+    if !common::deterministic_backend() {
         eprintln!("skipped: a bit-for-bit comparison of two runs needs a deterministic backend");
         return;
     }

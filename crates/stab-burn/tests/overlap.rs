@@ -10,7 +10,9 @@ use std::sync::Mutex;
 
 use burn::module::Module;
 
-use common::{Net, StateBytes, adamw, assert_same_state, batch, grads, probe};
+use common::{
+    Net, StateBytes, adamw, assert_same_state, batch, deterministic_backend, grads, probe,
+};
 use stab_burn::{
     Fault, FaultKind, FaultSchedule, Guard, GuardConfig, GuardError, OverlappedGuard, StoreKind,
 };
@@ -115,16 +117,6 @@ fn overlapped(store: StoreKind, interval: u64) -> (Vec<StepRecord>, StateBytes, 
     )
 }
 
-/// Whether the backend is Flex, whose kernels are deterministic. On a GPU backend (wgpu), two
-/// runs of the same steps need not give the same bits (kernel selection, reduction order), and a
-/// probe on another thread runs on another stream: there the test checks the overlapped run's
-/// own decisions instead of comparing bits with the sequential run.
-fn deterministic_backend() -> bool {
-    stab_burn::training_device()
-        .map(|d| d.name.contains("Flex"))
-        .unwrap_or(false)
-}
-
 /// The fault's effect on a run: the lr spike rejected by the probe, the blow-up gated, and the
 /// number of proposals discarded.
 fn recoveries(records: &[StepRecord]) -> (usize, usize, usize) {
@@ -154,7 +146,7 @@ fn same_trajectory(store: StoreKind, interval: u64) {
     );
     if !deterministic_backend() {
         eprintln!(
-            "bitwise comparison with the sequential guard skipped: it needs a deterministic backend (Flex)"
+            "bitwise comparison with the sequential guard skipped: it needs a deterministic backend (Flex, LibTorch CPU)"
         );
         return;
     }

@@ -15,7 +15,9 @@ use burn::optim::GradientsParams;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use common::{Net, StateBytes, adamw, assert_same_state, batch, grads, probe};
+use common::{
+    Net, StateBytes, adamw, assert_same_state, batch, deterministic_backend, grads, probe,
+};
 use stab_burn::checkpoint;
 use stab_burn::{Fault, FaultKind, FaultSchedule, Guard, GuardConfig, OverlappedGuard, StoreKind};
 use stab_core::StepRecord;
@@ -75,12 +77,6 @@ fn scratch(name: &str) -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     dir
-}
-
-fn deterministic_backend() -> bool {
-    stab_burn::training_device()
-        .map(|d| d.name.contains("Flex"))
-        .unwrap_or(false)
 }
 
 /// Records as text (NaN fields compare equal).

@@ -109,14 +109,6 @@ pub fn initial_model(record: &[u8]) -> Net {
     Net::new(&device).load_record(record)
 }
 
-/// Whether the backend is Flex, whose kernels are deterministic: two runs of the same steps give
-/// the same bits there, so a resumed run can be compared with an uninterrupted one.
-pub fn deterministic_backend() -> bool {
-    stab_burn::training_device()
-        .map(|d| d.name.contains("Flex"))
-        .unwrap_or(false)
-}
-
 pub fn fresh(store: StoreKind) -> (Guard<Net>, Net) {
     fresh_from(store, &initial_record())
 }

@@ -120,6 +120,19 @@ pub fn training_device() -> Device {
     stab_burn::training_device().unwrap().device.autodiff()
 }
 
+/// Whether the backend's kernels are deterministic, so that two runs of the same steps give the
+/// same bits and a resumed or overlapped run can be compared with another run bit for bit: Flex,
+/// and LibTorch on the CPU (its kernels split work over a fixed number of threads the same way
+/// on every call; measured: the bitwise checkpoint, overlap and failure-path comparisons pass
+/// there, docs/TESTING.md). On a GPU backend (wgpu) two runs need not give the same bits (kernel
+/// selection, reduction order), and a probe on another thread runs on another stream: the tests
+/// check each run's own decisions there instead.
+pub fn deterministic_backend() -> bool {
+    stab_burn::training_device()
+        .map(|d| d.name.contains("Flex") || d.name.contains("LibTorch(Cpu)"))
+        .unwrap_or(false)
+}
+
 /// Every byte of a training state, keyed by names rather than hashed: module tensors by
 /// parameter id and path (running statistics after merging pending updates), optimizer tensors
 /// and scalars by name (sorted, so independent of burn's hash-map order).
