@@ -5,6 +5,7 @@
 #   scripts/libtorch.sh run CMD ARGS…  set up if needed, then run CMD with the build and run-time
 #                                      variables burn-tch needs (e.g. `run cargo test …`)
 #   scripts/libtorch.sh env            print those variables as `export` lines
+#   scripts/libtorch.sh present        exit 0 when the environment holds torch 2.9.0, else 1
 #
 # burn-tch 0.22.1 builds against torch-sys 0.22.0, which expects LibTorch 2.9.0. No machine here
 # reaches download.pytorch.org (torch-sys's `download-libtorch`, or the CPU-only wheel), but PyPI
@@ -29,7 +30,7 @@ VENV="${STAB_LIBTORCH_VENV:-$HOME/.cache/stab-torch-venv}"
 PYTHON="${STAB_LIBTORCH_PYTHON:-python3}"
 
 usage() {
-  sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -77,6 +78,14 @@ case "${1:-}" in
   env)
     present || { echo "no LibTorch in $VENV: run 'scripts/libtorch.sh setup' first" >&2; exit 1; }
     env_lines
+    ;;
+  present)
+    if present; then
+      echo "LibTorch $TORCH_VERSION: present in $VENV" >&2
+    else
+      echo "LibTorch $TORCH_VERSION: not present in $VENV ('scripts/libtorch.sh setup' installs it)" >&2
+      exit 1
+    fi
     ;;
   run)
     shift
